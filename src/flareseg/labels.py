@@ -1,0 +1,91 @@
+"""The FLARE23 label schema: the single source of truth for ids, names, NSD tolerances and colours.
+
+Every module that needs a label id, a class name or a tolerance imports it from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LabelClass:
+    """One class of the final label map.
+
+    Attributes:
+        id: voxel value in the final label map (0-14).
+        name: human-readable name.
+        short: short name for table columns.
+        nsd_tolerance_mm: tolerance of the normalised surface Dice in millimetres (None for background).
+        color: RGB display colour, 0-255.
+    """
+
+    id: int
+    name: str
+    short: str
+    nsd_tolerance_mm: float | None
+    color: tuple[int, int, int]
+
+
+LABELS: tuple[LabelClass, ...] = (
+    LabelClass(0, "background", "BG", None, (0, 0, 0)),
+    LabelClass(1, "liver", "Liver", 5.0, (220, 80, 60)),
+    LabelClass(2, "right kidney", "RK", 3.0, (240, 200, 40)),
+    LabelClass(3, "spleen", "Spleen", 3.0, (90, 60, 200)),
+    LabelClass(4, "pancreas", "Pancreas", 5.0, (250, 150, 190)),
+    LabelClass(5, "aorta", "Aorta", 2.0, (230, 30, 30)),
+    LabelClass(6, "inferior vena cava", "IVC", 2.0, (40, 90, 230)),
+    LabelClass(7, "right adrenal gland", "RAG", 2.0, (255, 140, 0)),
+    LabelClass(8, "left adrenal gland", "LAG", 2.0, (200, 120, 40)),
+    LabelClass(9, "gallbladder", "Gallbladder", 2.0, (40, 180, 80)),
+    LabelClass(10, "esophagus", "Esophagus", 3.0, (170, 230, 250)),
+    LabelClass(11, "stomach", "Stomach", 5.0, (200, 170, 120)),
+    LabelClass(12, "duodenum", "Duodenum", 7.0, (250, 220, 170)),
+    LabelClass(13, "left kidney", "LK", 3.0, (150, 230, 60)),
+    LabelClass(14, "lesion", "Lesion", 2.0, (0, 255, 255)),
+)
+
+BACKGROUND = 0
+LESION = 14
+ORGAN_IDS: tuple[int, ...] = tuple(range(1, 14))
+"""The 13 organ ids, 1-13."""
+ALL_FOREGROUND_IDS: tuple[int, ...] = ORGAN_IDS + (LESION,)
+NUM_ORGAN_CHANNELS = 14
+"""Output channels of the organ model: background + 13 organs."""
+NUM_TUMOR_CHANNELS = 2
+"""Output channels of the tumour model: background, lesion."""
+
+BY_ID: dict[int, LabelClass] = {c.id: c for c in LABELS}
+BY_NAME: dict[str, LabelClass] = {c.name: c for c in LABELS}
+
+LIVER, RIGHT_KIDNEY, SPLEEN, PANCREAS, AORTA, IVC = 1, 2, 3, 4, 5, 6
+RIGHT_ADRENAL, LEFT_ADRENAL, GALLBLADDER, ESOPHAGUS, STOMACH, DUODENUM, LEFT_KIDNEY = 7, 8, 9, 10, 11, 12, 13
+
+Z_CROPPED_IDS: tuple[int, ...] = (AORTA, IVC, ESOPHAGUS)
+"""Classes the FLARE scorer cuts to the reference's axial extent before scoring (DESIGN section 7)."""
+
+SINGLE_BODY_IDS: tuple[int, ...] = ORGAN_IDS
+"""Organs that are one connected body, for largest-component post-processing."""
+
+LESION_HOST_IDS: tuple[int, ...] = (LIVER, RIGHT_KIDNEY, SPLEEN, PANCREAS, STOMACH, DUODENUM, LEFT_KIDNEY, GALLBLADDER)
+"""Organs in and near which the tumour model is run in `fast` mode."""
+
+
+def name_of(label_id: int) -> str:
+    """Return the class name of `label_id`; raises KeyError for an unknown id."""
+    return BY_ID[label_id].name
+
+
+def tolerance_of(label_id: int) -> float:
+    """Return the NSD tolerance in mm of a foreground `label_id`."""
+    tol = BY_ID[label_id].nsd_tolerance_mm
+    if tol is None:
+        raise KeyError(f"label {label_id} has no NSD tolerance")
+    return tol
+
+
+def colormap() -> "np.ndarray":
+    """Return a (15, 3) uint8 array of display colours indexed by label id."""
+    import numpy as np
+
+    return np.array([c.color for c in LABELS], dtype=np.uint8)
