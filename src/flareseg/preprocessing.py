@@ -1,0 +1,284 @@
+"""Preprocessing as in the paper (DESIGN section 3), each step invertible: no torch here.
+
+A CT goes through: reorientation to the canonical LPS orientation (a permutation and flips of the
+voxel axes, exact), a crop to the body's bounding box, resampling to the target spacing, and
+normalisation with the training set's foreground fingerprint. :class:`PreprocessRecord` keeps what is
+needed to bring a label map on the network grid back to the input's exact voxel grid
+(:func:`restore_label`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cc3d
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .config import Fingerprint, PreprocessConfig
+from .errors import GeometryError
+from .io import Volume, orientation_code
+
+CANONICAL_ORIENTATION = "LPS"
+"""Index axes I, J, K point to patient left, posterior and superior: K is the axial (slice) axis."""
+FINGERPRINT_SAMPLES_PER_CASE = 10_000
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A voxel grid without voxels: shape, spacing (mm), origin (mm, LPS), direction (3x3)."""
+
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    def matches(self, other: "Grid", atol: float = 1e-4) -> bool:
+        """Same shape, and spacing, origin and direction equal within `atol`."""
+        return (
+            self.shape == other.shape
+            and np.allclose(self.spacing, other.spacing, atol=atol)
+            and np.allclose(self.origin, other.origin, atol=atol)
+            and np.allclose(self.direction, other.direction, atol=atol)
+        )
+
+    @classmethod
+    def of(cls, volume: Volume) -> "Grid":
+        return cls(volume.shape, tuple(volume.spacing), tuple(volume.origin), tuple(np.asarray(volume.direction).ravel()))
+
+    def reference_image(self) -> sitk.Image:
+        """An empty SimpleITK image on this grid, to resample onto."""
+        image = sitk.Image([int(s) for s in self.shape], sitk.sitkUInt8)
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+        return image
+
+
+@dataclass(frozen=True)
+class PreprocessRecord:
+    """What :func:`restore_label` needs to undo preprocessing.
+
+    Attributes:
+        original: the input's grid.
+        canonical: the input's grid after reorientation to LPS.
+        crop: (start, stop) voxel indices per axis of the body crop in the canonical grid.
+        network: the resampled grid the network sees.
+    """
+
+    original: Grid
+    canonical: Grid
+    crop: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    network: Grid
+
+
+@dataclass(frozen=True)
+class PreprocessedCase:
+    """A case on the network grid: image (I, J, K) float32 normalised, label (I, J, K) uint8 or None."""
+
+    image: np.ndarray
+    label: np.ndarray | None
+    record: PreprocessRecord
+
+
+def to_canonical(volume: Volume) -> Volume:
+    """Reorient `volume` to LPS by permuting and flipping voxel axes (no interpolation)."""
+    if orientation_code(volume.direction) == CANONICAL_ORIENTATION:
+        return volume
+    return Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), CANONICAL_ORIENTATION))
+
+
+def from_canonical(array: np.ndarray, canonical: Grid, original: Grid) -> np.ndarray:
+    """Bring an (I, J, K) array on the `canonical` grid back to the `original` grid's axis order."""
+    code = orientation_code(np.array(original.direction).reshape(3, 3))
+    if code == CANONICAL_ORIENTATION:
+        return array
+    volume = Volume(array, canonical.spacing, canonical.origin, np.array(canonical.direction).reshape(3, 3))
+    restored = sitk.DICOMOrient(volume.to_sitk(), code)
+    return sitk.GetArrayFromImage(restored).transpose(2, 1, 0)
+
+
+def body_bounding_box(ct: Volume, *, threshold_hu: float = -500.0, margin_mm: float = 5.0) -> tuple[tuple[int, int], ...]:
+    """Bounding box (start, stop) per axis of the largest connected region above `threshold_hu`.
+
+    The box is widened by `margin_mm` and clipped to the volume; a volume with no voxel above the
+    threshold gives the whole volume.
+    """
+    mask = ct.array > threshold_hu
+    if not mask.any():
+        return tuple((0, s) for s in ct.shape)
+    body = cc3d.largest_k(mask, k=1, connectivity=6)
+    coords = [np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
+    box = []
+    for axis, idx in enumerate(coords):
+        margin = int(np.ceil(margin_mm / ct.spacing[axis]))
+        box.append((max(0, int(idx[0]) - margin), min(ct.shape[axis], int(idx[-1]) + 1 + margin)))
+    return tuple(box)
+
+
+def crop(volume: Volume, box: tuple[tuple[int, int], ...]) -> Volume:
+    """Return the sub-volume `box` with its origin moved so that voxels keep their physical positions."""
+    start = np.array([b[0] for b in box], dtype=float)
+    origin = np.asarray(volume.origin) + np.asarray(volume.direction) @ (start * np.asarray(volume.spacing))
+    array = volume.array[tuple(slice(a, b) for a, b in box)]
+    return Volume(array, volume.spacing, tuple(origin), volume.direction)
+
+
+def resampled_grid(grid: Grid, target_spacing: tuple[float, float, float]) -> Grid:
+    """The grid covering the same physical box as `grid` at `target_spacing` (voxel boxes aligned)."""
+    spacing = np.asarray(grid.spacing, dtype=float)
+    target = np.asarray(target_spacing, dtype=float)
+    shape = np.maximum(1, np.round(np.asarray(grid.shape) * spacing / target)).astype(int)
+    direction = np.array(grid.direction).reshape(3, 3)
+    origin = np.asarray(grid.origin) + direction @ ((target - spacing) / 2)
+    return Grid(tuple(int(s) for s in shape), tuple(float(t) for t in target), tuple(origin), grid.direction)
+
+
+def resample_image(volume: Volume, grid: Grid) -> Volume:
+    """Resample a CT onto `grid` with linear interpolation, smoothing first where it is coarser (anti-aliasing)."""
+    image = volume.to_sitk()
+    if image.GetPixelID() != sitk.sitkFloat32:
+        image = sitk.Cast(image, sitk.sitkFloat32)
+    factors = np.asarray(grid.spacing) / np.asarray(volume.spacing)
+    if np.any(factors > 1.3):
+        sigma = 0.5 * np.sqrt(np.maximum(np.asarray(grid.spacing) ** 2 - np.asarray(volume.spacing) ** 2, 0))
+        image = sitk.DiscreteGaussian(image, [float(s * s) for s in sigma], 32, 0.01, True)
+    out = sitk.Resample(image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear, float(volume.array.min()), sitk.sitkFloat32)
+    return Volume.from_sitk(out)
+
+
+def resample_label(volume: Volume, grid: Grid) -> Volume:
+    """Resample a label map onto `grid` without creating new label values.
+
+    Each label's indicator is interpolated linearly within its bounding box (as nnU-Net does) and a
+    voxel takes the label of largest interpolated value if that value is at least 0.5, else background.
+    This keeps thin structures far better than nearest neighbour. Both grids must share a direction
+    (true for every grid this module builds from one canonical image).
+
+    Raises:
+        GeometryError: the grids' directions differ.
+    """
+    if Grid.of(volume).matches(grid):
+        return volume
+    direction = np.asarray(volume.direction)
+    if not np.allclose(direction.ravel(), grid.direction, atol=1e-6):
+        raise GeometryError("resample_label needs grids with the same direction")
+    src_spacing = np.asarray(volume.spacing)
+    scale = np.asarray(grid.spacing) / src_spacing  # source voxels per target voxel
+    offset = direction.T @ (np.asarray(grid.origin) - np.asarray(volume.origin)) / src_spacing  # source index of target voxel 0
+    out = np.zeros(grid.shape, dtype=np.uint8)
+    best = np.full(grid.shape, 0.5, dtype=np.float32)
+    for value, box in _label_boxes(volume.array):
+        lo = np.array([max(a - 1, 0) for a, _ in box])
+        hi = np.array([min(b + 1, n) for (_, b), n in zip(box, volume.shape)])
+        t_lo = np.clip(np.floor((lo - 1 - offset) / scale).astype(int), 0, grid.shape)
+        t_hi = np.clip(np.ceil((hi - offset) / scale).astype(int) + 1, 0, grid.shape)
+        if np.any(t_hi <= t_lo):
+            continue
+        indicator = (volume.array[tuple(slice(a, b) for a, b in zip(lo, hi))] == value).astype(np.float32)
+        values = ndimage.affine_transform(
+            indicator, scale, offset=offset + t_lo * scale - lo, output_shape=tuple(t_hi - t_lo), order=1, mode="nearest"
+        )
+        region = tuple(slice(a, b) for a, b in zip(t_lo, t_hi))
+        wins = values >= best[region]
+        out[region][wins] = value
+        best[region][wins] = values[wins]
+    return Volume(out, grid.spacing, grid.origin, np.array(grid.direction).reshape(3, 3))
+
+
+def _label_boxes(label: np.ndarray) -> list[tuple[int, tuple[tuple[int, int], ...]]]:
+    """(value, bounding box) of each non-zero value of an integer array."""
+    objects = ndimage.find_objects(label.astype(np.int32, copy=False))
+    return [(i + 1, tuple((s.start, s.stop) for s in sl)) for i, sl in enumerate(objects) if sl is not None]
+
+
+def normalize(array: np.ndarray, fingerprint: Fingerprint) -> np.ndarray:
+    """Clip HU to the fingerprint's 0.5-99.5 percentiles, subtract its mean, divide by its std (float32)."""
+    out = np.clip(array, fingerprint.percentile_00_5, fingerprint.percentile_99_5).astype(np.float32)
+    out -= np.float32(fingerprint.mean)
+    out /= np.float32(fingerprint.std)
+    return out
+
+
+def sample_foreground(image: np.ndarray, label: np.ndarray, *, n: int = FINGERPRINT_SAMPLES_PER_CASE, seed: int = 0) -> np.ndarray:
+    """Up to `n` HU values drawn at random from the voxels where `label` > 0 (1-D float32)."""
+    values = image[label > 0]
+    if values.size > n:
+        values = np.random.default_rng(seed).choice(values, size=n, replace=False)
+    return values.astype(np.float32)
+
+
+def compute_fingerprint(samples: np.ndarray) -> Fingerprint:
+    """Fingerprint (0.5/99.5 percentiles, mean, std in HU) of pooled foreground samples.
+
+    Raises:
+        ValueError: no samples.
+    """
+    if samples.size == 0:
+        raise ValueError("cannot compute an intensity fingerprint from zero foreground voxels")
+    lo, hi = np.percentile(samples, [0.5, 99.5])
+    return Fingerprint(float(lo), float(hi), float(samples.mean()), float(max(samples.std(), 1e-3)))
+
+
+def preprocess_case(
+    image: Volume,
+    label: Volume | None = None,
+    *,
+    config: PreprocessConfig,
+    fingerprint: Fingerprint | None,
+) -> PreprocessedCase:
+    """Reorient, body-crop, resample and (with a fingerprint) normalise a CT and its optional label map.
+
+    Args:
+        image: CT in HU on any grid.
+        label: label map on the image's grid, or None.
+        config: target spacing and body-crop settings.
+        fingerprint: normalisation statistics; None leaves the image in HU.
+
+    Returns:
+        The network-grid arrays and the record to invert it.
+
+    Raises:
+        GeometryError: the label's grid differs from the image's.
+    """
+    if label is not None and not label.same_grid(image):
+        raise GeometryError(f"label grid ({label.describe_grid()}) differs from image grid ({image.describe_grid()})")
+    canonical = to_canonical(image)
+    box = body_bounding_box(canonical, threshold_hu=config.body_threshold_hu, margin_mm=config.body_margin_mm)
+    cropped = crop(canonical, box)
+    grid = resampled_grid(Grid.of(cropped), config.target_spacing)
+    resampled = resample_image(cropped, grid)
+    array = resampled.array if fingerprint is None else normalize(resampled.array, fingerprint)
+    label_array = None
+    if label is not None:
+        label_cropped = crop(to_canonical(label), box)
+        label_array = resample_label(label_cropped, grid).array.astype(np.uint8)
+    record = PreprocessRecord(Grid.of(image), Grid.of(canonical), tuple(box), grid)  # type: ignore[arg-type]
+    return PreprocessedCase(array, label_array, record)
+
+
+def restore_label(label: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """Bring an (I, J, K) label map on the network grid back to the input's exact grid.
+
+    Resamples (nearest neighbour) onto the body crop, pads the rest with background and undoes the
+    reorientation; the result has the input's shape and axis order, ready for :func:`io.write_label`.
+
+    Raises:
+        GeometryError: `label`'s shape is not the record's network grid.
+    """
+    if tuple(label.shape) != tuple(record.network.shape):
+        raise GeometryError(f"label shape {label.shape} is not the network grid {record.network.shape}")
+    net = record.network
+    crop_shape = tuple(b - a for a, b in record.crop)
+    start = np.array([a for a, _ in record.crop], dtype=float)
+    canonical_dir = np.array(record.canonical.direction).reshape(3, 3)
+    crop_origin = np.asarray(record.canonical.origin) + canonical_dir @ (start * np.asarray(record.canonical.spacing))
+    crop_grid = Grid(crop_shape, record.canonical.spacing, tuple(crop_origin), record.canonical.direction)  # type: ignore[arg-type]
+    on_crop = resample_label(Volume(label.astype(np.uint8), net.spacing, net.origin, np.array(net.direction).reshape(3, 3)), crop_grid)
+    full = np.zeros(record.canonical.shape, dtype=np.uint8)
+    full[tuple(slice(a, b) for a, b in record.crop)] = on_crop.array
+    restored = from_canonical(full, record.canonical, record.original)
+    if tuple(restored.shape) != tuple(record.original.shape):
+        raise GeometryError(f"restored shape {restored.shape} differs from the input's {record.original.shape}")
+    return restored
