@@ -8,9 +8,11 @@ physical geometry in ITK's LPS convention: ``spacing`` in mm per index axis, ``o
 
 from __future__ import annotations
 
+import gzip
 import logging
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -110,22 +112,76 @@ def strip_image_suffix(name: str) -> str:
     return name
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def _read_volume(path: Path) -> Volume:
+    """Read any supported file or DICOM folder into a validated, native-dtype :class:`Volume`.
+
+    NIfTI voxels are read with nibabel (which detects truncated files and keeps NaN, where ITK's
+    reader silently yields zeros) and the geometry with SimpleITK, as every other format.
+    """
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        return _read_dicom_series(path)
-    if not any(path.name.lower().endswith(s) for s in IMAGE_SUFFIXES + (".dcm",)):
+        image = _read_dicom_series(path)
+        _check_header(path, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), image.GetSpacing(), image.GetDirection())
+        return Volume.from_sitk(image)
+    name = path.name.lower()
+    if not name.endswith(IMAGE_SUFFIXES):
         raise InputError(f"{path}: unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder)")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
+    if name.endswith((".nii", ".nii.gz")):
+        return _read_nifti(path)
     try:
         image = sitk.ReadImage(str(path))
-        # Force the voxel data to be decoded now, so a truncated file fails here.
-        sitk.GetArrayViewFromImage(image)
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read the image (truncated or corrupt file?): {_first_line(exc)}") from None
-    return image
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    _check_header(path, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), image.GetSpacing(), image.GetDirection())
+    return Volume.from_sitk(image)
+
+
+def _read_nifti(path: Path) -> Volume:
+    import nibabel as nib
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read the NIfTI header (corrupt file?): {_first_line(exc)}") from None
+    dim, size = reader.GetDimension(), reader.GetSize()
+    spacing, direction, origin = reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin()
+    if dim == 4 and size[3] == 1:  # a trailing time axis of length 1
+        dim, size, spacing, origin = 3, size[:3], spacing[:3], origin[:3]
+        direction = tuple(np.array(direction).reshape(4, 4)[:3, :3].ravel())
+    _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction)
+    pixdim = _nifti_raw_pixdim(path)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
+        raise InputError(f"{path}: voxel spacing is missing or not positive in the header (pixdim {tuple(pixdim.tolist())})")
+    try:
+        array = np.asanyarray(nib.load(str(path)).dataobj)
+    except (EOFError, OSError, ValueError, zlib.error) as exc:
+        raise InputError(f"{path}: cannot read the voxel data (truncated or corrupt file?): {exc}") from None
+    array = np.asarray(array.reshape(tuple(size)))
+    return Volume(array, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), np.array(direction, dtype=float).reshape(3, 3))
+
+
+def _nifti_raw_pixdim(path: Path) -> np.ndarray:
+    """pixdim[1:4] exactly as stored (nibabel and ITK silently replace 0 by 1)."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as fh:
+            header = fh.read(540)
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read the NIfTI header: {exc}") from None
+    for order in "<>":
+        size = int(np.frombuffer(header[:4], dtype=f"{order}i4")[0])
+        if size == 348:
+            return np.frombuffer(header[76:108], dtype=f"{order}f4")[1:4].astype(float)
+        if size == 540:
+            return np.frombuffer(header[104:168], dtype=f"{order}f8")[1:4].astype(float)
+    raise InputError(f"{path}: not a NIfTI file (bad header size)")
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -158,27 +214,19 @@ def _first_line(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _check_geometry(path: Path, image: sitk.Image) -> None:
-    if image.GetDimension() != 3:
-        raise InputError(f"{path}: expected a 3-D volume, got a {image.GetDimension()}-D image of size {image.GetSize()}")
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"{path}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} (vector or RGB image)")
-    size = image.GetSize()
+def _check_header(path: Path, dimension: int, size, components: int, spacing, direction) -> None:
+    if dimension != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got a {dimension}-D image of size {tuple(size)}")
+    if components != 1:
+        raise InputError(f"{path}: expected one value per voxel, got {components} (vector or RGB image)")
     if min(size) < 1:
-        raise InputError(f"{path}: the volume is empty (size {size})")
-    spacing = np.array(image.GetSpacing())
+        raise InputError(f"{path}: the volume is empty (size {tuple(size)})")
+    spacing = np.array(spacing, dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InputError(f"{path}: voxel spacing must be positive and finite, got {tuple(spacing)}")
-    direction = np.array(image.GetDirection()).reshape(3, 3)
+    direction = np.array(direction, dtype=float).reshape(3, 3)
     if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1) > 1e-2:
         raise InputError(f"{path}: the direction matrix is not a rotation: {direction.round(4).tolist()}")
-
-
-def _squeeze_to_3d(path: Path, image: sitk.Image) -> sitk.Image:
-    """Drop trailing singleton dimensions of a 4-D image (e.g. NIfTI with a time axis of length 1)."""
-    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
-        return image[:, :, :, 0]
-    return image
 
 
 def read_image(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
@@ -196,9 +244,7 @@ def read_image(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
             the message names the file.
     """
     path = Path(path)
-    image = _squeeze_to_3d(path, _read_sitk(path))
-    _check_geometry(path, image)
-    volume = Volume.from_sitk(image)
+    volume = _read_volume(path)
     array = volume.array.astype(np.float32, copy=False)
     if not np.all(np.isfinite(array)):
         raise InputError(f"{path}: the image holds non-finite values (NaN or infinity)")
@@ -225,9 +271,7 @@ def read_label(path: str | os.PathLike, reference: Volume | None = None, *, refe
         GeometryError: the grid differs from `reference`'s; the message names both files.
     """
     path = Path(path)
-    image = _squeeze_to_3d(path, _read_sitk(path))
-    _check_geometry(path, image)
-    volume = Volume.from_sitk(image)
+    volume = _read_volume(path)
     array = volume.array
     if np.issubdtype(array.dtype, np.floating):
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
@@ -267,6 +311,21 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename (never a half-written file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def write_label(label: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:

@@ -27,6 +27,7 @@ from .config import (
     to_dict,
 )
 from .errors import ConfigError, ModelFolderError
+from .io import atomic_write_bytes
 from .labels import LESION, NUM_ORGAN_CHANNELS
 
 CONFIG_FILE = "config.json"
@@ -120,21 +121,6 @@ def build_network(cfg: NetworkConfig) -> DynUNet:
 
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -1,0 +1,105 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from flareseg.dataset import case_name, prepare_cohort, regime_of, split_cases
+from flareseg.errors import InputError
+from flareseg.io import Volume, write_volume
+from flareseg.labels import LESION, ORGAN_IDS
+
+from conftest import phantom_ct, write_case
+
+
+def _label_with(ids, shape=(40, 36, 30)):
+    """A label map holding exactly `ids`, one small block each."""
+    array = np.zeros(shape, np.uint8)
+    for n, value in enumerate(ids):
+        x = 2 + (n % 7) * 5
+        y = 2 + (n // 7) * 5
+        array[x : x + 3, y : y + 3, 10:14] = value
+    return array
+
+
+@pytest.fixture
+def cohort(tmp_path):
+    """3 full, 2 lesion-only, 2 partial, 1 empty label, 2 unlabelled, 1 truncated, 1 mismatched label."""
+    root = tmp_path / "cohort"
+    image, _ = phantom_ct()
+    regimes = {"full": 3, "lesion": 2, "partial": 2}
+    ids = {"full": list(ORGAN_IDS) + [LESION], "lesion": [LESION], "partial": [1, 3, 13]}
+    n = 0
+    for regime, count in regimes.items():
+        for _ in range(count):
+            n += 1
+            label = Volume(_label_with(ids[regime] if n != 1 else list(ORGAN_IDS)), image.spacing, image.origin, image.direction)
+            write_case(root, f"Case_{n:03d}", image, label)
+    n += 1
+    write_case(root, f"Case_{n:03d}", image, Volume(np.zeros(image.shape, np.uint8), image.spacing, image.origin, image.direction))
+    for k in range(2):
+        write_volume(Volume(image.array.astype(np.int16), image.spacing, image.origin, image.direction), root / "unlabeledTr" / f"Unl_{k}_0000.nii.gz")
+    bad_image, _ = write_case(root, "Broken_001", image, Volume(_label_with([1]), image.spacing, image.origin, image.direction))
+    bad_image.write_bytes(bad_image.read_bytes()[:300])
+    moved = Volume(_label_with([1]), image.spacing, (0.0, 0.0, 9.0), image.direction)
+    write_case(root, "Mismatch_001", image, moved)
+    return root
+
+
+def test_case_name_strips_channel():
+    from pathlib import Path
+
+    assert case_name(Path("FLARE23_0001_0000.nii.gz")) == "FLARE23_0001"
+    assert case_name(Path("scan.nii")) == "scan"
+
+
+def test_regimes():
+    assert regime_of(set(ORGAN_IDS)) == "full"
+    assert regime_of(set(ORGAN_IDS) | {LESION}) == "full"
+    assert regime_of({LESION}) == "lesion"
+    assert regime_of({1, LESION}) == "partial"
+    assert regime_of(set()) == "none"
+
+
+def test_split_is_8_to_2_and_deterministic():
+    names = [f"c{i}" for i in range(10)]
+    a, b = split_cases(names, seed=3), split_cases(names, seed=3)
+    assert a == b and len(a["train"]) == 8 and len(a["val"]) == 2
+    assert set(a["train"]).isdisjoint(a["val"]) and set(a["train"]) | set(a["val"]) == set(names)
+    assert split_cases(names, seed=4) != a
+    assert len(split_cases(["x", "y"], seed=0)["val"]) == 1
+
+
+def test_prepare_counts_regimes_and_skips_bad_cases(cohort, tmp_path):
+    out = tmp_path / "prepared"
+    result = prepare_cohort(cohort, out, seed=0, progress=False)
+    assert result.regime_counts() == {"full": 3, "lesion": 2, "partial": 2, "none": 3}
+    problems = {c.case: c.problem for c in result.cases if c.problem}
+    assert set(problems) == {"Broken_001", "Mismatch_001"}
+    assert "Broken_001_0000.nii.gz" in problems["Broken_001"]
+    assert "geometry" in problems["Mismatch_001"]
+    organ = result.organ["train"] + result.organ["val"]
+    assert sorted(organ) == ["Case_001", "Case_002", "Case_003"]
+    tumor = result.tumor["train"] + result.tumor["val"]
+    assert sorted(tumor) == ["Case_002", "Case_003", "Case_004", "Case_005"]  # Case_001 is full without lesion
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["fingerprint"]["std"] > 0
+    assert manifest["regime_counts"]["none"] == 3
+    text = result.summary()
+    assert "SKIPPED Broken_001" in text and "organ model" in text
+
+
+def test_prepare_rejects_non_cohort(tmp_path):
+    with pytest.raises(InputError, match="FLARE-layout"):
+        prepare_cohort(tmp_path, tmp_path / "out", progress=False)
+
+
+def test_cli_prepare(cohort, tmp_path):
+    out = tmp_path / "prep"
+    run = subprocess.run([sys.executable, "-m", "flareseg.cli", "-q", "prepare", "--data", str(cohort), "--out", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "SKIPPED Broken_001" in run.stdout
+    missing = subprocess.run([sys.executable, "-m", "flareseg.cli", "prepare", "--data", str(tmp_path / "nope"), "--out", str(out)], capture_output=True, text=True)
+    assert missing.returncode == 2
+    assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1

@@ -1,0 +1,147 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from flareseg.errors import GeometryError, InputError
+from flareseg.io import Volume, orientation_code, read_image, read_label, write_label, write_volume
+
+from conftest import REAL_CASES, phantom_ct
+
+
+def _write_raw(array, path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti1Image(array, np.eye(4)), str(path))
+    return path
+
+
+def test_round_trip_keeps_geometry(tmp_path):
+    direction = np.array([[0, 1, 0], [-1, 0, 0], [0, 0, -1]], dtype=float)
+    image, label = phantom_ct(direction=direction, origin=(10.0, -20.0, 30.0))
+    path = write_volume(image, tmp_path / "ct.nii.gz")
+    back = read_image(path)
+    assert back.same_grid(image)
+    np.testing.assert_allclose(back.array, image.array, atol=1e-3)
+    assert orientation_code(back.direction) == orientation_code(direction)
+    out = write_label(label.array, back, tmp_path / "seg.nii.gz")
+    seg = read_label(out, back)
+    np.testing.assert_array_equal(seg.array, label.array)
+
+
+def test_array_order_is_nibabel_order(tmp_path):
+    import nibabel as nib
+
+    image, _ = phantom_ct(shape=(20, 16, 12))
+    path = write_volume(image, tmp_path / "ct.nii.gz")
+    nib_array = np.asanyarray(nib.load(str(path)).dataobj)
+    assert nib_array.shape == (20, 16, 12)
+    np.testing.assert_allclose(read_image(path).array, nib_array, atol=1e-3)
+
+
+def _with_nan():
+    array = np.linspace(-1000, 1000, 512, dtype=np.float32).reshape(8, 8, 8)
+    array[3, 3, 3] = np.nan
+    return array
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: _write_raw(np.zeros((8, 8), np.int16) - 1000, p / "flat.nii.gz"), "3-D"),
+        (lambda p: _write_raw(np.zeros((2, 3, 8, 8), np.int16) - 500, p / "four.nii.gz"), "3-D"),
+        (lambda p: _write_raw(np.random.rand(8, 8, 8).astype(np.float32), p / "unit.nii.gz"), "Hounsfield"),
+        (lambda p: _write_raw(_with_nan(), p / "nan.nii.gz"), "non-finite"),
+        (lambda p: (p / "empty.nii.gz").write_bytes(b"") or p / "empty.nii.gz", "empty"),
+        (lambda p: (p / "missing.nii.gz"), "no such file"),
+        (lambda p: (p / "emptydir").mkdir() or p / "emptydir", "empty"),
+        (lambda p: (p / "notes.txt").write_text("hello") and p / "notes.txt", "unsupported"),
+    ],
+)
+def test_bad_inputs_raise_input_error_naming_the_file(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(InputError) as info:
+        read_image(path)
+    assert str(path) in str(info.value)
+    assert message.lower() in str(info.value).lower()
+
+
+def test_truncated_file(tmp_path):
+    image, _ = phantom_ct()
+    path = write_volume(image, tmp_path / "ct.nii.gz")
+    data = path.read_bytes()
+    truncated = tmp_path / "cut.nii.gz"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="cut.nii.gz"):
+        read_image(truncated)
+    full = write_volume(image, tmp_path / "full.nii")
+    raw = tmp_path / "cut.nii"
+    raw.write_bytes(full.read_bytes()[:5000])
+    with pytest.raises(InputError, match="cut.nii"):
+        read_image(raw)
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0])
+def test_missing_or_negative_spacing_rejected(tmp_path, value):
+    import struct
+
+    image, _ = phantom_ct()
+    path = write_volume(image, tmp_path / "ct.nii")
+    header = bytearray(path.read_bytes())
+    header[84:88] = struct.pack("<f", value)  # pixdim[2]
+    bad = tmp_path / "nospacing.nii"
+    bad.write_bytes(bytes(header))
+    with pytest.raises(InputError, match="nospacing.nii.*spacing"):
+        read_image(bad)
+
+
+def test_label_geometry_mismatch_names_both(tmp_path):
+    image, label = phantom_ct()
+    write_volume(image, tmp_path / "ct.nii.gz")
+    moved = Volume(label.array, label.spacing, (0.0, 0.0, 5.0), label.direction)
+    write_volume(moved, tmp_path / "seg.nii.gz")
+    ref = read_image(tmp_path / "ct.nii.gz")
+    with pytest.raises(GeometryError) as info:
+        read_label(tmp_path / "seg.nii.gz", ref, reference_path=tmp_path / "ct.nii.gz")
+    assert "seg.nii.gz" in str(info.value) and "ct.nii.gz" in str(info.value)
+
+
+def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    image, _ = phantom_ct()
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", boom)
+    with pytest.raises(RuntimeError):
+        write_volume(image, tmp_path / "out.nii.gz")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", sorted(REAL_CASES))
+def test_real_samples_read_with_labels_on_their_grid(real_data, name):
+    image_rel, label_rel = REAL_CASES[name]
+    image = read_image(real_data / image_rel)
+    label = read_label(real_data / label_rel, image, reference_path=real_data / image_rel)
+    assert image.array.ndim == 3 and image.array.min() <= -900
+    assert label.array.max() >= 1
+
+
+def test_dicom_series_is_jpeg2000_and_lps(real_data):
+    image = read_image(real_data / "totalsegmentator_dicom" / "dicom")
+    assert image.shape == (512, 512, 20)
+    assert orientation_code(image.direction) == "LPS"
+    np.testing.assert_allclose(image.spacing, (0.977, 0.977, 2.0), atol=1e-3)
+
+
+def test_deeplesion_is_pli(real_data):
+    image = read_image(real_data / "deeplesion_ct" / "ct.nii.gz")
+    assert orientation_code(image.direction) == "PLI"
+
+
+def test_io_does_not_import_torch():
+    code = "import sys, flareseg.io, flareseg.preprocessing, flareseg.dataset; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
