@@ -27,6 +27,15 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_folder, summary_markdown
+
+    summary = evaluate_folder(args.pred, args.ref, args.out, nsd_gate=args.nsd_gate, missing=args.missing, progress=not args.quiet)
+    print(summary_markdown(summary.stats))
+    print(f"\nper-case scores: {summary.per_case_csv}\nsummary: {summary.summary_md}, {summary.summary_json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flareseg", description="Two-step abdominal CT segmentation (FLARE23).")
     parser.add_argument("--version", action="version", version=f"flareseg {__version__}")
@@ -39,6 +48,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder for manifest.json")
     p.add_argument("--seed", type=int, default=0, help="seed of the 8:2 split (default 0)")
     p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("evaluate", help="score predictions with the FLARE23 DSC and NSD")
+    p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps <case>.nii.gz")
+    p.add_argument("--ref", required=True, type=Path, help="folder of reference label maps <case>.nii.gz")
+    p.add_argument("--out", required=True, type=Path, help="output folder (per_case.csv, summary.md, summary.json)")
+    p.add_argument("--nsd-gate", type=float, default=0.1, choices=(0.1, 0.2), help="NSD is 0 when DSC < gate (0.1: FLARE23 test phase)")
+    p.add_argument("--missing", choices=("error", "empty"), default="error", help="a missing prediction is an error, or scored as empty")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
