@@ -1,0 +1,478 @@
+"""Result figures and a run report: label overlays on CT, and a Markdown/HTML report of tables and figures.
+
+Overlays are drawn from the canonical LPS orientation (:func:`flareseg.preprocessing.to_canonical`), so
+every input orientation displays the same way: axial slices in radiological convention (seen from the
+feet: the patient's right on the left of the image, anterior at the top), coronal slices seen from the
+front (the patient's right on the left, superior at the top), with the true physical aspect ratio.
+
+No torch here; matplotlib is used through its object API (no pyplot, no global state), so figures can
+be drawn from any thread or process.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import GeometryError, InputError
+from .io import Volume
+from .labels import BY_ID, colormap
+
+OVERLAY_FIGSIZE_IN = (10.0, 10.0)
+"""Size of an overlay figure in inches; at :data:`OVERLAY_DPI` the PNG is 1000 x 1000 pixels."""
+OVERLAY_DPI = 100
+CT_WINDOW = (400.0, 40.0)
+"""Display window (width, level) in HU: abdominal soft tissue, -160 to 240 HU."""
+OVERLAY_ALPHA = 0.45
+"""Opacity of the label colours over the CT."""
+UNKNOWN_LABEL_COLOR = (255, 0, 255)
+"""Display colour of label values outside the schema (magenta)."""
+
+Section = tuple[str, str, Sequence["str | os.PathLike[str]"]]
+"""One report section: (heading, Markdown text, image paths)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Overlays
+
+
+def _label_colors() -> np.ndarray:
+    """(256, 3) uint8 display colours by label value; values outside the schema are magenta."""
+    lut = np.tile(np.array(UNKNOWN_LABEL_COLOR, dtype=np.uint8), (256, 1))
+    known = colormap()
+    lut[: len(known)] = known
+    return lut
+
+
+def window_ct(hu: np.ndarray, window: tuple[float, float] = CT_WINDOW) -> np.ndarray:
+    """Map HU to grey levels in [0, 1] with a (width, level) window."""
+    width, level = window
+    if not width > 0:
+        raise ValueError(f"window width must be positive, got {width}")
+    lo = level - width / 2.0
+    return np.clip((np.asarray(hu, dtype=np.float32) - lo) / np.float32(width), 0.0, 1.0)
+
+
+def blend(grey: np.ndarray, labels: np.ndarray | None, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+    """Alpha-blend label colours over a grey image.
+
+    Args:
+        grey: (H, W) grey levels in [0, 1].
+        labels: (H, W) integer labels, or None for the plain grey image.
+        alpha: opacity of the label colour where the label is not 0.
+
+    Returns:
+        (H, W, 3) uint8 RGB: ``round(255 * grey * (1 - alpha) + colour * alpha)`` on labelled pixels,
+        ``round(255 * grey)`` elsewhere.
+    """
+    base = np.repeat((np.asarray(grey, dtype=np.float32) * 255.0)[..., None], 3, axis=-1)
+    if labels is not None:
+        mask = labels > 0
+        colours = _label_colors()[np.clip(labels[mask], 0, 255).astype(np.intp)].astype(np.float32)
+        base[mask] = base[mask] * (1.0 - alpha) + colours * alpha
+    return np.clip(np.rint(base), 0, 255).astype(np.uint8)
+
+
+def _as_array(label: Volume | np.ndarray | None, image: Volume, what: str) -> np.ndarray | None:
+    if label is None:
+        return None
+    array = label.array if isinstance(label, Volume) else np.asarray(label)
+    if array.shape != image.shape:
+        raise GeometryError(f"{what} shape {array.shape} differs from the image shape {image.shape}")
+    return array
+
+
+def _busiest(mask: np.ndarray, axis: int) -> int:
+    """Index along `axis` of the slice with the most foreground; the middle slice if there is none."""
+    counts = mask.sum(axis=tuple(a for a in range(3) if a != axis))
+    return int(np.argmax(counts)) if counts.any() else mask.shape[axis] // 2
+
+
+def overlay_figure(
+    image: Volume,
+    reference: Volume | np.ndarray | None,
+    prediction: Volume | np.ndarray,
+    path: str | os.PathLike,
+    *,
+    title: str,
+    dsc: float | None = None,
+    window: tuple[float, float] = CT_WINDOW,
+    alpha: float = OVERLAY_ALPHA,
+) -> Path:
+    """Draw the reference and the prediction over the CT, side by side, and save a PNG.
+
+    Rows: the axial and the coronal slice with the most reference foreground (prediction foreground
+    when there is no reference or it is empty; the middle slice when both are empty). Columns: the
+    reference and the prediction (the plain CT and the prediction when `reference` is None). Labels in
+    the schema's colours (:func:`flareseg.labels.colormap`), a legend of the labels present, and
+    L/R, A/P, S/I markers. The PNG is :data:`OVERLAY_FIGSIZE_IN` x :data:`OVERLAY_DPI` pixels.
+
+    Args:
+        image: CT in HU, any orientation.
+        reference: label map on the image's grid, (I, J, K) array or Volume; or None.
+        prediction: label map on the image's grid.
+        path: output PNG (written atomically; folders created).
+        title: figure title, e.g. the case name.
+        dsc: a score to show in the title and above the prediction (e.g. the mean organ DSC).
+        window: CT display window (width, level) in HU.
+        alpha: label opacity.
+
+    Returns:
+        `path`.
+
+    Raises:
+        GeometryError: a label map's shape differs from the image's.
+        ValueError: `alpha` outside [0, 1] or a non-positive window width.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    from .preprocessing import to_canonical
+
+    if prediction is None:
+        raise ValueError("prediction is required (reference may be None)")
+    ref = _as_array(reference, image, "reference")
+    pred = _as_array(prediction, image, "prediction")
+    ct = to_canonical(image)
+    ref_c = None if ref is None else to_canonical(image.with_array(ref.astype(np.uint8))).array
+    pred_c = to_canonical(image.with_array(pred.astype(np.uint8))).array
+    grey = window_ct(ct.array, window)
+
+    focus = ref_c > 0 if ref_c is not None and ref_c.any() else pred_c > 0
+    k = _busiest(focus, axis=2)
+    j = _busiest(focus, axis=1)
+    si, sj, sk = ct.spacing
+    ni, nj, nk = ct.shape
+
+    def axial(a: np.ndarray) -> np.ndarray:  # rows: anterior (J=0) to posterior; columns: patient right to left
+        return a[:, :, k].T
+
+    def coronal(a: np.ndarray) -> np.ndarray:  # rows: superior to inferior; columns: patient right to left
+        return a[:, j, :].T[::-1]
+
+    rows = [
+        ("axial", f"slice {k + 1}/{nk}", axial, (ni * si, nj * sj), ("R", "L", "A", "P")),
+        ("coronal", f"slice {j + 1}/{nj}", coronal, (ni * si, nk * sk), ("R", "L", "S", "I")),
+    ]
+    score = "" if dsc is None or not math.isfinite(dsc) else f"DSC {dsc:.3f}"
+    columns = [("Reference", ref_c), ("Prediction", pred_c)]
+    if ref_c is None:
+        columns[0] = ("CT", None)
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    fig = Figure(figsize=OVERLAY_FIGSIZE_IN, dpi=OVERLAY_DPI, layout="constrained", facecolor="white")
+    FigureCanvasAgg(fig)
+    # Row heights follow the physical aspect of each view, so a thin slab's coronal strip takes little room.
+    ratios = [max(h / w, 0.12) for (_, _, _, (w, h), _) in rows]
+    axes = fig.subplots(2, 2, squeeze=False, gridspec_kw={"height_ratios": ratios})
+    for r, (view, where, cut, (width_mm, height_mm), marks) in enumerate(rows):
+        for c, (name, labels) in enumerate(columns):
+            ax = axes[r][c]
+            rgb = blend(cut(grey), None if labels is None else cut(labels), alpha)
+            ax.imshow(rgb, extent=(0, width_mm, height_mm, 0), interpolation="nearest", aspect="equal")
+            ax.set_title(f"{name}: {view}, {where}", fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            left, right, top, bottom = marks
+            style = dict(color="yellow", fontsize=9, fontweight="bold", transform=ax.transAxes,
+                         bbox=dict(facecolor="black", alpha=0.6, pad=1.0, edgecolor="none"))
+            ax.text(0.01, 0.5, left, ha="left", va="center", **style)
+            ax.text(0.99, 0.5, right, ha="right", va="center", **style)
+            ax.text(0.5, 0.99, top, ha="center", va="top", **style)
+            ax.text(0.5, 0.01, bottom, ha="center", va="bottom", **style)
+    present = sorted(set(np.unique(pred_c).tolist()) | (set() if ref_c is None else set(np.unique(ref_c).tolist())))
+    lut = _label_colors()
+    handles = [
+        Patch(facecolor=lut[v] / 255.0, edgecolor="none", label=f"{v} {BY_ID[v].name}" if v in BY_ID else f"{v} (unknown)")
+        for v in present
+        if v != 0
+    ]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(5, len(handles)), fontsize=9, frameon=False)
+    fig.suptitle(f"{title}: {score}" if score else title, fontsize=13)
+    return _save_png(fig, Path(path))
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def best_and_worst(per_case_scores: Mapping[str, float | None], k: int = 2) -> tuple[list[str], list[str]]:
+    """The `k` best and `k` worst cases by score, to choose which cases to draw.
+
+    Cases whose score is None or NaN are left out. The two lists do not overlap: with fewer than
+    ``2 k`` scored cases the worst list is shorter. Ties are broken by case name.
+
+    Returns:
+        (best, worst): best first in `best`, worst first in `worst`.
+
+    Raises:
+        ValueError: `k` is negative.
+    """
+    if k < 0:
+        raise ValueError(f"k must be non-negative, got {k}")
+    scored = [(float(s), c) for c, s in per_case_scores.items() if s is not None and math.isfinite(float(s))]
+    best = [c for _, c in sorted(scored, key=lambda sc: (-sc[0], sc[1]))[:k]]
+    rest = [sc for sc in scored if sc[1] not in best]
+    worst = [c for _, c in sorted(rest)[:k]]
+    return best, worst
+
+
+# --------------------------------------------------------------------------------------------------
+# The report
+
+
+def write_report(
+    out_dir: str | os.PathLike,
+    *,
+    title: str,
+    sections: Sequence[Section],
+    html_file: bool = True,
+) -> Path:
+    """Write ``report.md`` (and a self-contained ``report.html``) gathering tables and figures.
+
+    Each section is ``(heading, markdown_text, image_paths)``: the text is written as given (tables,
+    lists, code; e.g. an evaluation summary or :func:`flareseg.efficiency.efficiency_table`), then
+    each image as a Markdown image link relative to `out_dir`. Images outside `out_dir` are copied to
+    ``out_dir/figures/`` first, so the folder can be moved or archived as a whole. The HTML embeds
+    every image (also those the section texts link, when they lie in `out_dir`) as data, so it is
+    one file to send.
+
+    Returns:
+        The path of ``report.md``.
+
+    Raises:
+        InputError: an image does not exist.
+    """
+    from . import __version__
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    root = out_dir.resolve()
+    stamp = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z").strip()
+    lines = [f"# {title}", "", f"*Written by flareseg {__version__} on {stamp}.*", ""]
+    used_names: set[str] = set()
+    for heading, text, images in sections:
+        lines += [f"## {heading}", ""]
+        if text.strip():
+            lines += [text.rstrip(), ""]
+        for image in images:
+            rel = _place_image(Path(image), root, used_names)
+            lines += [f"![{Path(rel).stem}]({rel})", ""]
+    markdown = "\n".join(lines)
+    md_path = out_dir / "report.md"
+    _write_text(md_path, markdown)
+    if html_file:
+        _write_text(out_dir / "report.html", markdown_to_html(markdown, title=title, base_dir=root, embed_images=True))
+    return md_path
+
+
+def _place_image(image: Path, root: Path, used_names: set[str]) -> str:
+    """Relative POSIX link from `root` to `image`, copying it under root/figures when it lies outside."""
+    if not image.is_file():
+        raise InputError(f"report image {image}: no such file")
+    resolved = image.resolve()
+    try:
+        return resolved.relative_to(root).as_posix()
+    except ValueError:
+        pass
+    figures = root / "figures"
+    figures.mkdir(exist_ok=True)
+    name, n = image.name, 1
+    while name in used_names or ((figures / name).exists() and not _same_file(figures / name, resolved)):
+        n += 1
+        name = f"{image.stem}_{n}{image.suffix}"
+    used_names.add(name)
+    shutil.copyfile(resolved, figures / name)
+    return f"figures/{name}"
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# A small Markdown to HTML converter: the subset this project writes (headings, paragraphs, pipe
+# tables, lists, fenced code, inline code, bold, italics, links and images). No dependency.
+
+_CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 72rem; margin: 2rem auto;
+       padding: 0 1rem; color: #222; line-height: 1.45; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; }
+th { background: #f3f3f3; }
+tr:nth-child(even) td { background: #fafafa; }
+code { background: #f3f3f3; padding: 0 0.2rem; border-radius: 3px; }
+pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; }
+img { max-width: 100%; border: 1px solid #ddd; margin: 0.5rem 0; }
+"""
+
+_TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+_LIST_ITEM = re.compile(r"^\s*([-*]|\d+\.)\s+(.*)$")
+
+
+def markdown_to_html(markdown: str, *, title: str = "", base_dir: Path | None = None, embed_images: bool = False) -> str:
+    """Convert the Markdown subset this project writes to a standalone HTML page.
+
+    With `embed_images`, relative image links that resolve to files under `base_dir` become data URIs.
+    """
+    body = _blocks(markdown.splitlines(), base_dir, embed_images)
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def _blocks(lines: list[str], base_dir: Path | None, embed: bool) -> str:
+    out: list[str] = []
+    para: list[str] = []
+    i = 0
+
+    def inline(text: str) -> str:
+        return _inline(text, base_dir, embed)
+
+    def flush() -> None:
+        if para:
+            out.append(f"<p>{inline(' '.join(p.strip() for p in para))}</p>")
+            para.clear()
+
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            flush()
+            code = []
+            i += 1
+            while i < len(lines) and not lines[i].strip().startswith("```"):
+                code.append(lines[i])
+                i += 1
+            out.append(f"<pre><code>{html.escape(chr(10).join(code))}</code></pre>")
+            i += 1
+            continue
+        heading = re.match(r"^(#{1,6})\s+(.*)$", stripped)
+        if heading:
+            flush()
+            level = len(heading.group(1))
+            out.append(f"<h{level}>{inline(heading.group(2))}</h{level}>")
+            i += 1
+            continue
+        if stripped.startswith("|") and i + 1 < len(lines) and _TABLE_SEPARATOR.match(lines[i + 1]):
+            flush()
+            rows = [lines[i], lines[i + 1]]
+            i += 2
+            while i < len(lines) and lines[i].strip().startswith("|"):
+                rows.append(lines[i])
+                i += 1
+            out.append(_table(rows, inline))
+            continue
+        item = _LIST_ITEM.match(line)
+        if item:
+            flush()
+            ordered = item.group(1)[0].isdigit()
+            items = []
+            while i < len(lines) and (m := _LIST_ITEM.match(lines[i])) and m.group(1)[0].isdigit() == ordered:
+                items.append(f"<li>{inline(m.group(2))}</li>")
+                i += 1
+            tag = "ol" if ordered else "ul"
+            out.append(f"<{tag}>" + "".join(items) + f"</{tag}>")
+            continue
+        if not stripped:
+            flush()
+        else:
+            para.append(line)
+        i += 1
+    flush()
+    return "\n".join(out)
+
+
+def _cells(row: str) -> list[str]:
+    row = row.strip()
+    if row.startswith("|"):
+        row = row[1:]
+    if row.endswith("|"):
+        row = row[:-1]
+    return [c.strip() for c in row.split("|")]
+
+
+def _table(rows: list[str], inline: Any) -> str:
+    head, sep, *body = rows
+    aligns = []
+    for spec in _cells(sep):
+        if spec.startswith(":") and spec.endswith(":"):
+            aligns.append("center")
+        elif spec.endswith(":"):
+            aligns.append("right")
+        else:
+            aligns.append("")
+
+    def cell(tag: str, text: str, col: int) -> str:
+        align = aligns[col] if col < len(aligns) and aligns[col] else ""
+        style = f' style="text-align:{align}"' if align else ""
+        return f"<{tag}{style}>{inline(text)}</{tag}>"
+
+    parts = ["<table>", "<thead><tr>" + "".join(cell("th", t, c) for c, t in enumerate(_cells(head))) + "</tr></thead>", "<tbody>"]
+    for row in body:
+        parts.append("<tr>" + "".join(cell("td", t, c) for c, t in enumerate(_cells(row))) + "</tr>")
+    parts.append("</tbody></table>")
+    return "\n".join(parts)
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
+_BOLD = re.compile(r"\*\*(.+?)\*\*")
+_ITALIC = re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])")
+
+
+def _inline(text: str, base_dir: Path | None, embed: bool) -> str:
+    parts = text.split("`")
+    out = []
+    for n, part in enumerate(parts):
+        if n % 2 == 1 and n < len(parts) - 1:
+            out.append(f"<code>{html.escape(part)}</code>")
+            continue
+        if n % 2 == 1:  # unmatched backtick
+            part = "`" + part
+        s = html.escape(part, quote=False)
+        s = _IMAGE.sub(lambda m: _img(m.group(1), html.unescape(m.group(2)), base_dir, embed), s)
+        s = _LINK.sub(lambda m: f'<a href="{html.escape(html.unescape(m.group(2)))}">{m.group(1)}</a>', s)
+        s = _BOLD.sub(r"<strong>\1</strong>", s)
+        s = _ITALIC.sub(r"<em>\1</em>", s)
+        out.append(s)
+    return "".join(out)
+
+
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml", ".gif": "image/gif"}
+
+
+def _img(alt: str, src: str, base_dir: Path | None, embed: bool) -> str:
+    target = src
+    if embed and base_dir is not None and "://" not in src and not src.startswith("data:"):
+        file = (base_dir / src).resolve()
+        mime = _MIME.get(file.suffix.lower())
+        if mime and file.is_file() and file.is_relative_to(base_dir):
+            target = f"data:{mime};base64," + base64.b64encode(file.read_bytes()).decode("ascii")
+    return f'<img alt="{alt}" src="{html.escape(target)}">'
