@@ -103,3 +103,21 @@ def test_cli_prepare(cohort, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "flareseg.cli", "prepare", "--data", str(tmp_path / "nope"), "--out", str(out)], capture_output=True, text=True)
     assert missing.returncode == 2
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_synth_then_prepare_counts_match_and_truncated_case_is_named(tmp_path):
+    from flareseg.synthetic import SynthConfig, generate_cohort, regime_counts
+
+    config = SynthConfig(cases=10, val_cases=1, seed=5, size="small", proportions={"full": 0.4, "lesion": 0.2, "partial": 0.2, "none": 0.2})
+    generate_cohort(tmp_path / "cohort", config, progress=False)
+    victim = sorted((tmp_path / "cohort" / "imagesTr").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:2000])
+    result = prepare_cohort(tmp_path / "cohort", tmp_path / "prepared", progress=False)
+    expected = regime_counts(10, config.proportions)
+    bad = [c for c in result.cases if c.problem]
+    assert [c.case + "_0000.nii.gz" for c in bad] == [victim.name]
+    counts = result.regime_counts()
+    bad_regime = next(e["regime"] for e in json.loads((tmp_path / "cohort" / "synth_manifest.json").read_text())["cases"] if e["case"] == bad[0].case)
+    expected[bad_regime] -= 1
+    assert counts == expected
+    assert f"SKIPPED {bad[0].case}" in result.summary()

@@ -27,6 +27,16 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from .synthetic import SynthConfig, generate_cohort
+
+    config = SynthConfig(cases=args.cases, val_cases=args.val_cases, seed=args.seed, size=args.size)
+    manifest = generate_cohort(args.out, config, progress=not args.quiet)
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["regime_counts"].items())
+    print(f"wrote {config.cases} training cases ({counts}) and {config.val_cases} validation cases to {args.out}")
+    return 0
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_folder, summary_markdown
 
@@ -42,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("synth", help="write a synthetic FLARE-style phantom cohort")
+    p.add_argument("--out", required=True, type=Path, help="output cohort folder")
+    p.add_argument("--cases", type=int, default=20, help="training cases (default 20)")
+    p.add_argument("--val-cases", type=int, default=4, help="validation cases, labels kept apart (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--size", choices=("full", "small"), default="full", help="full: 512x512 at 0.6-1 mm; small: ~1.5-2 mm, fast")
+    p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("prepare", help="scan a FLARE-layout cohort, select and split the training sets")
     p.add_argument("--data", required=True, type=Path, help="cohort folder (imagesTr/, labelsTr/, unlabeled*/)")
