@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from monai.networks.nets import DynUNet
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .config import (
@@ -129,7 +130,9 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(fd)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        # clone(): a DynUNet state_dict holds aliases (skip_layers.* share storage with the blocks), which
+        # safetensors refuses; each key gets its own copy so load_state_dict(strict=True) finds them all.
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -177,6 +180,6 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu", *,
     try:
         state = load_file(str(path))
         network.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, SafetensorError) as exc:
         raise ModelFolderError(f"{path}: weights do not fit the network in config.json: {str(exc).splitlines()[0]}") from None
     return cfg, network.to(device).eval()

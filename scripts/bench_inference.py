@@ -1,0 +1,268 @@
+#!/usr/bin/env python
+"""Benchmark of the two-step inference: per-stage timings per mode, peak RSS, fast-vs-accurate Dice.
+
+Not a test. Each prediction runs in a fresh child process (so its peak resident memory, ru_maxrss,
+is its own and includes model loading, as the FLARE efficiency rules count it); figures are medians
+over ``--repeats`` runs.
+
+Without ``--organ-model/--tumor-model`` the models are RANDOMLY INITIALISED networks of ``--preset``
+(timing only: their output is noise, their 'organs' fill the volume, so the ``fast`` mode's region of
+interest is the whole body: its worst case, and the Dice figures mean nothing).
+
+Examples::
+
+    python scripts/bench_inference.py                       # random cpu-preset models, 512x512x300
+    python scripts/bench_inference.py --organ-model runs/organ --tumor-model runs/tumor --repeats 3
+    python scripts/bench_inference.py --modes fast --memory-shape 512 512 500 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+STAGES = ("load", "read", "preprocess", "roi", "organ", "tumor", "postprocess", "restore", "write", "total")
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def make_ct(shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int = 0):
+    """A synthetic abdominal CT of exactly `shape` (flareseg.synthetic's phantom, slices cropped or
+    repeated at the ends to the requested count) and its label map."""
+    from flareseg.io import Volume
+
+    try:
+        from flareseg.synthetic import synthesize_case
+
+        image, label, _ = synthesize_case(seed, size="full", lesions=3, fov_cut=False, orientation="LPS", spacing=(spacing[0], spacing[2]))
+    except Exception as exc:  # the phantom module is optional for this script
+        print(f"(flareseg.synthetic unavailable: {exc}; using a plain ellipsoid phantom)", file=sys.stderr)
+        return _plain_ct(shape, spacing)
+    arrays = []
+    for array, fill in ((image.array, None), (label.array, None)):
+        arrays.append(_fit_axis(_fit_axis(_fit_axis(array, shape[0], 0), shape[1], 1), shape[2], 2))
+    img, lab = arrays
+    make = lambda a: Volume(a, (float(spacing[0]), float(spacing[1]), float(spacing[2])), image.origin, image.direction)  # noqa: E731
+    return make(img.astype(np.int16)), make(lab.astype(np.uint8))
+
+
+def _fit_axis(array: np.ndarray, n: int, axis: int) -> np.ndarray:
+    """Crop centrally or repeat the edge slices so that `axis` has `n` entries."""
+    size = array.shape[axis]
+    if size > n:
+        start = (size - n) // 2
+        return np.take(array, range(start, start + n), axis=axis)
+    if size < n:
+        before = (n - size) // 2
+        pad = [(0, 0)] * 3
+        pad[axis] = (before, n - size - before)
+        return np.pad(array, pad, mode="edge")
+    return array
+
+
+def _plain_ct(shape, spacing):
+    from flareseg.io import Volume
+
+    idx = [np.arange(s, dtype=np.float32) for s in shape]
+    x = (idx[0][:, None] - shape[0] / 2) / (shape[0] * 0.4)
+    y = (idx[1][None, :] - shape[1] / 2) / (shape[1] * 0.3)
+    body2d = x**2 + y**2 < 1
+    image = np.where(body2d[..., None], np.int16(40), np.int16(-1000)).repeat(shape[2], axis=2)
+    image += np.random.default_rng(0).integers(-20, 20, size=shape, dtype=np.int16)
+    label = np.zeros(shape, dtype=np.uint8)
+    return Volume(image, spacing, (0.0, 0.0, 0.0), np.eye(3)), Volume(label, spacing, (0.0, 0.0, 0.0), np.eye(3))
+
+
+def random_models(folder: Path, preset: str) -> tuple[Path, Path]:
+    """Write randomly initialised organ and tumour model folders of `preset` (timing only)."""
+    import torch
+
+    from flareseg.config import Fingerprint, get_preset
+    from flareseg.model import WEIGHTS_FILE, ModelConfig, build_network, channel_labels_for, save_tensors, write_model_config
+
+    out = []
+    for seed, task in enumerate(("organ", "tumor")):
+        p = get_preset(preset, task)
+        torch.manual_seed(seed)
+        net = build_network(p.network)
+        cfg = ModelConfig(
+            task=task, preset=preset, network=p.network, preprocess=p.preprocess,
+            fingerprint=Fingerprint(-160.0, 240.0, 70.0, 60.0), train=p.train, channel_labels=channel_labels_for(task),
+            data={"note": "RANDOM WEIGHTS: benchmark timing only"},
+        )
+        d = folder / f"random_{preset}_{task}"
+        save_tensors(net.state_dict(), d / WEIGHTS_FILE)
+        write_model_config(d, cfg)
+        out.append(d)
+    return out[0], out[1]
+
+
+# ------------------------------------------------------------------------------------------ worker
+def worker(args: argparse.Namespace) -> None:
+    """Run one prediction in this process and print a JSON line with its report and peak RSS."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from flareseg.pipeline import InferenceConfig, predict_case
+
+    config = InferenceConfig.for_mode(args.mode, **json.loads(args.overrides))
+    report = predict_case(args.input, args.output, organ_model=args.organ_model, tumor_model=args.tumor_model, config=config, device=args.device)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"report": report.to_dict(), "peak_rss_mb": peak_mb}))
+
+
+def run_worker(args: argparse.Namespace, mode: str, image: Path, output: Path, overrides: dict) -> dict:
+    cmd = [
+        sys.executable, __file__, "--worker", "--mode", mode, "--input", str(image), "--output", str(output),
+        "--organ-model", str(args.organ_model), "--tumor-model", str(args.tumor_model), "--device", args.device,
+        "--overrides", json.dumps(overrides),
+    ]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise RuntimeError(f"worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+# ------------------------------------------------------------------------------------------ figures
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
+
+
+def agreement(pred: np.ndarray, ref: np.ndarray, min_voxels: int = 1000) -> dict[int, float]:
+    """Dice per label id present in `ref` with more than `min_voxels` voxels."""
+    counts = np.bincount(ref.ravel(), minlength=15)
+    return {i: round(dice(pred == i, ref == i), 4) for i in range(1, 15) if counts[i] > min_voxels}
+
+
+def median_table(results: list[dict]) -> dict[str, float]:
+    out = {}
+    for stage in STAGES:
+        values = [r["report"]["timings"][stage] for r in results if stage in r["report"]["timings"]]
+        if values:
+            out[stage] = statistics.median(values)
+    out["peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in results)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--organ-model", type=Path)
+    parser.add_argument("--tumor-model", type=Path)
+    parser.add_argument("--preset", default="cpu", help="preset of the random models (default cpu)")
+    parser.add_argument("--shape", type=int, nargs=3, default=(512, 512, 300))
+    parser.add_argument("--spacing", type=float, nargs=3, default=(0.8, 0.8, 1.5))
+    parser.add_argument("--modes", nargs="+", default=["fast", "accurate", "paper"])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of the fast mode (median reported)")
+    parser.add_argument("--slow-repeats", type=int, default=1, help="runs of the accurate and paper modes")
+    parser.add_argument("--memory-shape", type=int, nargs=3, default=(512, 512, 500), help="CT for the peak-RSS run (fast mode); 0 0 0 skips")
+    parser.add_argument("--memory-spacing", type=float, nargs=3, default=(0.8, 0.8, 1.0))
+    parser.add_argument("--threads", type=int, default=0, help="torch threads in the workers (0: torch's default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--override", action="append", default=[], help="inference field=JSON value, e.g. step=1.0 (all modes)")
+    parser.add_argument("--workdir", type=Path, help="keep inputs and outputs here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, help="write all figures to this JSON file")
+    # worker mode (internal)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mode", help=argparse.SUPPRESS)
+    parser.add_argument("--input", help=argparse.SUPPRESS)
+    parser.add_argument("--output", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args)
+        return
+
+    print("command:", shlex.join([sys.executable, *sys.argv]))
+    overrides = {}
+    for item in args.override:
+        key, _, value = item.partition("=")
+        overrides[key] = json.loads(value)
+    tmp = tempfile.TemporaryDirectory(prefix="flareseg_bench_")
+    work = args.workdir or Path(tmp.name)
+    work.mkdir(parents=True, exist_ok=True)
+
+    from flareseg.io import read_label, write_volume
+
+    random_weights = args.organ_model is None or args.tumor_model is None
+    if random_weights:
+        args.organ_model, args.tumor_model = random_models(work / "models", args.preset)
+        print(f"MODELS: RANDOMLY INITIALISED '{args.preset}' networks - timings only; Dice figures are meaningless")
+    else:
+        print(f"models: organ {args.organ_model}, tumor {args.tumor_model}")
+    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, torch threads {args.threads or 'default'}")
+
+    shape, spacing = tuple(args.shape), tuple(args.spacing)
+    image_path = work / "bench_0000.nii.gz"
+    t = time.perf_counter()
+    image, truth = make_ct(shape, spacing)
+    write_volume(image, image_path)
+    print(f"input: {shape} voxels at {spacing} mm ({time.perf_counter() - t:.1f} s to synthesise)")
+
+    figures: dict = {"command": shlex.join([sys.executable, *sys.argv]), "random_weights": random_weights, "shape": shape, "spacing": spacing, "modes": {}}
+    outputs = {}
+    for mode in args.modes:
+        repeats = args.repeats if mode == "fast" else args.slow_repeats
+        results = []
+        for r in range(repeats):
+            out = work / f"out_{mode}.nii.gz"
+            results.append(run_worker(args, mode, image_path, out, overrides))
+            rep = results[-1]["report"]
+            print(f"  {mode} run {r + 1}/{repeats}: {rep['timings']['total']:.1f} s, peak RSS {results[-1]['peak_rss_mb']:.0f} MB, tiles {rep['tiles']}")
+        outputs[mode] = work / f"out_{mode}.nii.gz"
+        med = median_table(results)
+        figures["modes"][mode] = {"median": med, "runs": [r["report"]["timings"] for r in results], "tiles": results[-1]["report"]["tiles"],
+                                  "organ_box": results[-1]["report"]["organ_box"], "network_shape": results[-1]["report"]["network_shape"]}
+
+    print(f"\nper-stage medians (s) on {shape} at {spacing} mm" + (" - RANDOM WEIGHTS" if random_weights else ""))
+    cols = [s for s in STAGES if any(s in figures["modes"][m]["median"] for m in figures["modes"])]
+    print(f"{'mode':<9}" + "".join(f"{c:>11}" for c in cols) + f"{'peak MB':>10}")
+    for mode, fig in figures["modes"].items():
+        med = fig["median"]
+        print(f"{mode:<9}" + "".join(f"{med[c]:>11.2f}" if c in med else f"{'-':>11}" for c in cols) + f"{med['peak_rss_mb']:>10.0f}")
+
+    if "fast" in outputs and "accurate" in outputs:
+        fast = read_label(outputs["fast"]).array
+        acc = read_label(outputs["accurate"]).array
+        agree = agreement(fast, acc)
+        figures["fast_vs_accurate_dice"] = agree
+        print("\nDice fast vs accurate (labels > 1000 voxels in accurate)" + (" - RANDOM WEIGHTS, MEANINGLESS" if random_weights else "") + ":")
+        print("  " + ", ".join(f"{k}: {v:.3f}" for k, v in agree.items()) + (f"  (min {min(agree.values()):.3f})" if agree else ""))
+    if not random_weights:
+        figures["dice_vs_phantom"] = {}
+        for mode, path in outputs.items():
+            figures["dice_vs_phantom"][mode] = agreement(read_label(path).array, truth.array)
+            print(f"Dice {mode} vs phantom truth: {figures['dice_vs_phantom'][mode]}")
+
+    if any(args.memory_shape):
+        mshape, mspacing = tuple(args.memory_shape), tuple(args.memory_spacing)
+        mem_path = work / "mem_0000.nii.gz"
+        big, _ = make_ct(mshape, mspacing, seed=1)
+        write_volume(big, mem_path)
+        del big
+        res = run_worker(args, "fast", mem_path, work / "out_mem.nii.gz", overrides)
+        figures["memory"] = {"shape": mshape, "spacing": mspacing, "peak_rss_mb": res["peak_rss_mb"], "timings": res["report"]["timings"]}
+        print(f"\npeak RSS, fast mode, {mshape} at {mspacing} mm: {res['peak_rss_mb']:.0f} MB (total {res['report']['timings']['total']:.1f} s)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(figures, indent=2))
+        print(f"figures written to {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""One trained model, ready to predict label maps on its network grid.
+
+:class:`ModelPredictor` is built from a model folder alone (``config.json`` + ``model.safetensors``,
+see :mod:`flareseg.model`). It preprocesses a CT with the model's own spacing and fingerprint, runs
+sliding-window inference over the whole network grid or a box of it, and returns labels (the arg-max
+mapped through the model's ``channel_labels``), never full-resolution probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import Fingerprint, PreprocessConfig
+from .errors import ConfigError
+from .io import Volume
+from .model import ModelConfig, load_model
+from .preprocessing import PreprocessedCase, normalize, preprocess_case, restore_label
+from .roi import Box, box_slices, full_box, is_empty
+from .sliding_window import count_tiles, network_predictor, sliding_window_argmax, sliding_window_logits
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``'auto'`` -> CUDA when available, else CPU; anything else as given.
+
+    Raises:
+        ConfigError: an unknown device name, or CUDA requested where it is not available.
+    """
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine (use 'cpu' or 'auto')")
+    return resolved
+
+
+class ModelPredictor:
+    """A loaded model (configuration + network in eval mode on a device).
+
+    Attributes:
+        config: the model's :class:`~flareseg.model.ModelConfig`.
+        network: the network, in eval mode.
+        device: where it runs.
+        folder: the model folder it came from (None when built from objects).
+    """
+
+    def __init__(self, config: ModelConfig, network: torch.nn.Module, device: str | torch.device = "cpu", *, folder: Path | None = None):
+        self.config = config
+        self.device = resolve_device(device)
+        self.network = network.to(self.device).eval()
+        self.folder = folder
+        self._lookup = np.asarray(config.channel_labels, dtype=np.uint8)
+
+    @classmethod
+    def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> "ModelPredictor":
+        """Load a flareseg model folder.
+
+        Raises:
+            ModelFolderError: missing or invalid config.json or weights.
+        """
+        device = resolve_device(device)
+        cfg, network = load_model(folder, device)
+        return cls(cfg, network, device, folder=Path(folder))
+
+    def __repr__(self) -> str:
+        where = f" from {self.folder}" if self.folder else ""
+        return f"ModelPredictor({self.config.task}, preset {self.config.preset!r}{where}, on {self.device})"
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(int(p) for p in self.config.train.patch_size)  # type: ignore[return-value]
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self.config.preprocess
+
+    @property
+    def fingerprint(self) -> Fingerprint:
+        return self.config.fingerprint
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(self.config.preprocess.target_spacing)  # type: ignore[return-value]
+
+    @property
+    def channel_labels(self) -> tuple[int, ...]:
+        return tuple(self.config.channel_labels)
+
+    @property
+    def pad_value(self) -> float:
+        """The normalised intensity of air (the fingerprint's lower clip bound): what tiles are padded with."""
+        fp = self.config.fingerprint
+        return (fp.percentile_00_5 - fp.mean) / fp.std
+
+    def preprocess(self, image: Volume) -> PreprocessedCase:
+        """Reorient, body-crop, resample to the model's spacing and normalise with its fingerprint."""
+        return preprocess_case(image, config=self.config.preprocess, fingerprint=self.config.fingerprint)
+
+    def normalize(self, hu: np.ndarray) -> np.ndarray:
+        """Normalise a network-grid image in HU with this model's fingerprint."""
+        return normalize(hu, self.config.fingerprint)
+
+    def tile_predictor(self, *, mirror: Sequence[int] = (), precision: str = "auto"):
+        return network_predictor(self.network, mirror_axes=mirror, precision=precision, device=self.device)
+
+    def count_tiles(self, shape: Sequence[int], step: float, mirror: Sequence[int] = ()) -> int:
+        """Network evaluations needed for a region of `shape` (mirroring included)."""
+        return count_tiles(shape, self.patch_size, step) * 2 ** len(tuple(mirror))
+
+    def predict_logits(
+        self,
+        image: np.ndarray,
+        *,
+        step: float = 0.5,
+        mirror: Sequence[int] = (),
+        precision: str = "auto",
+        tile_batch_size: int = 1,
+    ) -> np.ndarray:
+        """(C, X, Y, Z) float32 blended logits of a normalised network-grid image (small volumes only)."""
+        out = sliding_window_logits(
+            np.ascontiguousarray(image, dtype=np.float32),
+            self.tile_predictor(mirror=mirror, precision=precision),
+            patch_size=self.patch_size,
+            step=step,
+            tile_batch_size=tile_batch_size,
+            device=self.device,
+            pad_value=self.pad_value,
+        )
+        return out.cpu().numpy()
+
+    def predict_labels(
+        self,
+        image: np.ndarray,
+        *,
+        box: Box | None = None,
+        step: float = 0.5,
+        mirror: Sequence[int] = (),
+        precision: str = "auto",
+        tile_batch_size: int = 1,
+        progress: bool = False,
+        desc: str | None = None,
+    ) -> np.ndarray:
+        """Predict a normalised (X, Y, Z) network-grid image; labels are the model's final ids.
+
+        Args:
+            image: float32 image on this model's network grid (see :meth:`preprocess`).
+            box: predict only inside this box (the network sees only the box); background elsewhere.
+                None is the whole grid.
+            step, mirror, precision, tile_batch_size: see :func:`flareseg.sliding_window.iter_blended_slabs`.
+
+        Returns:
+            (X, Y, Z) uint8 label map on the image's grid, e.g. 0-13 for an organ model, 0/14 for a tumour model.
+        """
+        box = full_box(image.shape) if box is None else box
+        out = np.zeros(image.shape, dtype=np.uint8)
+        if is_empty(box):
+            return out
+        region = np.ascontiguousarray(image[box_slices(box)], dtype=np.float32)
+        index = sliding_window_argmax(
+            region,
+            self.tile_predictor(mirror=mirror, precision=precision),
+            patch_size=self.patch_size,
+            step=step,
+            tile_batch_size=tile_batch_size,
+            device=self.device,
+            pad_value=self.pad_value,
+            progress=progress,
+            desc=desc or self.config.task,
+        )
+        out[box_slices(box)] = self._lookup[index]
+        return out
+
+    def predict_volume(self, image: Volume, *, step: float = 0.5, mirror: Sequence[int] = (), precision: str = "auto") -> np.ndarray:
+        """One-model prediction of a CT: preprocess, predict the whole grid, restore to `image`'s grid (uint8)."""
+        case = self.preprocess(image)
+        label = self.predict_labels(case.image, step=step, mirror=mirror, precision=precision)
+        return restore_label(label, case.record)
+
+
+def downsample(image: np.ndarray, factor: float) -> np.ndarray:
+    """Average-pool an (X, Y, Z) image to ``round(n / factor)`` voxels per axis (at least 1).
+
+    ``factor`` 1 returns the image itself. Uses adaptive average pooling (``torch`` 'area'
+    interpolation), which anti-aliases for any factor >= 1.
+    """
+    if factor == 1:
+        return image
+    if factor < 1:
+        raise ValueError(f"downsample factor must be >= 1, got {factor}")
+    size = tuple(max(1, int(round(s / factor))) for s in image.shape)
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return torch.nn.functional.interpolate(t, size=size, mode="area")[0, 0].numpy()
