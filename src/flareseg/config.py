@@ -122,6 +122,7 @@ class TrainConfig:
         poly_horizon_epochs, poly_exponent, lr_floor: lr(e) = max(lr_floor, lr * (1 - e/horizon)^exponent),
             and lr_floor for e >= horizon (the paper's formula is undefined past the horizon).
         val_every: validate on the held-out split every this many epochs.
+        val_overlap: overlap of the sliding windows that segment the validation cases (0.5: nnU-Net's step 0.5).
         max_minutes: stop after this wall time (None: no limit); the checkpoint stays resumable.
     """
 
@@ -137,6 +138,7 @@ class TrainConfig:
     poly_exponent: float = 0.9
     lr_floor: float = 0.0
     val_every: int = 10
+    val_overlap: float = 0.5
     seed: int = 0
     max_minutes: float | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -147,6 +149,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.pos_fraction <= 1:
             raise ConfigError(f"train.pos_fraction must lie in [0, 1], got {self.pos_fraction}")
+        if not 0 <= self.val_overlap < 1:
+            raise ConfigError(f"train.val_overlap must lie in [0, 1), got {self.val_overlap}")
         if self.learning_rate <= 0:
             raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
 
@@ -177,7 +181,9 @@ def _presets() -> dict[str, Preset]:
         "tiny",
         NetworkConfig(filters=(8, 16, 32, 64), strides=(1, 2, 2, 2), res_block=False),
         PreprocessConfig(target_spacing=(4.0, 4.0, 4.0)),
-        TrainConfig(epochs=20, iterations_per_epoch=5, patch_size=(32, 32, 32), learning_rate=3e-3, val_every=5),
+        # Measured (docs/training.md): 200 steps at lr 1e-2 reach mean Dice ~0.9 on the test suite's toy
+        # phantoms in ~20 s on 2 cores; lr 3e-3 or 100 steps leave the small organs at 0.
+        TrainConfig(epochs=40, iterations_per_epoch=5, patch_size=(32, 32, 32), learning_rate=1e-2, val_every=10),
     )
     return {p.name: p for p in (paper, cpu, tiny)}
 

@@ -35,6 +35,7 @@ import numpy as np
 import psutil
 
 from .errors import InputError
+from .io import atomic_write_text, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -768,7 +769,7 @@ def write_efficiency(
         "cases": [m.to_dict() for m in measurements],
     }
     paths = {"json": out_dir / "efficiency.json", "md": out_dir / "efficiency.md"}
-    _atomic_write_text(paths["json"], json.dumps(doc, indent=1) + "\n")
+    atomic_write_text(paths["json"], json.dumps(doc, indent=1) + "\n")
     md = [
         "# Efficiency",
         "",
@@ -784,7 +785,7 @@ def write_efficiency(
     if figure:
         paths["png"] = memory_curve_figure(measurements, out_dir / "memory_curves.png")
         md += ["![Memory-time curves](memory_curves.png)", ""]
-    _atomic_write_text(paths["md"], "\n".join(md))
+    atomic_write_text(paths["md"], "\n".join(md))
     return paths
 
 
@@ -819,25 +820,7 @@ def memory_curve_figure(measurements: Sequence[CaseMeasurement], path: str | os.
     else:
         axes[0].text(0.5, 0.5, "no cases measured", ha="center", va="center", transform=axes[0].transAxes)
     fig.suptitle("Memory-time curves per case")
-    return _atomic_save(fig, Path(path))
-
-
-def _atomic_write_text(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def _atomic_save(fig: Any, path: Path, **kwargs: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, format="png", **kwargs)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .errors import ConfigError, GeometryError, InputError
-from .io import atomic_write_bytes
+from .io import atomic_write_text
 from .labels import ALL_FOREGROUND_IDS, BY_ID, LESION, ORGAN_IDS
 from .metrics import DECIMALS, DEFAULT_NSD_GATE, CaseScores, as_official_labels, score_case
 
@@ -346,11 +346,6 @@ def summary_markdown(summary: dict) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _write_text_atomic(path: Path, text: str) -> Path:
-    atomic_write_bytes(path, text.encode("utf-8"))
-    return path
-
-
 def per_case_csv_text(rows: Iterable[CaseScore]) -> str:
     """The ``per_case.csv`` text: header ``case,label,name,dsc,nsd``, values with 4 decimals."""
     buffer = io.StringIO()
@@ -416,7 +411,7 @@ def evaluate_folder(
     stats = summarize(rows, nsd_gate=nsd_gate)
     stats["missing_predictions"] = list(absent)
     out = Path(out_dir)
-    csv_path = _write_text_atomic(out / "per_case.csv", per_case_csv_text(rows))
-    md_path = _write_text_atomic(out / "summary.md", summary_markdown(stats))
-    json_path = _write_text_atomic(out / "summary.json", json.dumps(stats, indent=2) + "\n")
+    csv_path = atomic_write_text(out / "per_case.csv", per_case_csv_text(rows))
+    md_path = atomic_write_text(out / "summary.md", summary_markdown(stats))
+    json_path = atomic_write_text(out / "summary.json", json.dumps(stats, indent=2) + "\n")
     return Summary(tuple(rows), stats, csv_path, md_path, json_path, absent)

@@ -328,6 +328,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write UTF-8 `text` atomically; returns `path`."""
+    atomic_write_bytes(Path(path), text.encode("utf-8"))
+    return Path(path)
+
+
+def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
+    """Save a matplotlib figure as PNG atomically (temporary file, then rename); returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, format="png", **savefig_kwargs)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def write_label(label: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:
     """Write an (I, J, K) label array in exactly `reference`'s geometry, atomically, as uint8."""
     if label.shape != reference.shape:

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .errors import GeometryError, InputError
-from .io import Volume
+from .io import Volume, atomic_write_text, save_figure
 from .labels import BY_ID, colormap
 
 OVERLAY_FIGSIZE_IN = (10.0, 10.0)
@@ -201,18 +201,7 @@ def overlay_figure(
     if handles:
         fig.legend(handles=handles, loc="outside lower center", ncol=min(5, len(handles)), fontsize=9, frameon=False)
     fig.suptitle(f"{title}: {score}" if score else title, fontsize=13)
-    return _save_png(fig, Path(path))
-
-
-def _save_png(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, format="png", dpi=fig.dpi)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path, dpi=fig.dpi)
 
 
 def best_and_worst(per_case_scores: Mapping[str, float | None], k: int = 2) -> tuple[list[str], list[str]]:
@@ -279,9 +268,9 @@ def write_report(
             lines += [f"![{Path(rel).stem}]({rel})", ""]
     markdown = "\n".join(lines)
     md_path = out_dir / "report.md"
-    _write_text(md_path, markdown)
+    atomic_write_text(md_path, markdown)
     if html_file:
-        _write_text(out_dir / "report.html", markdown_to_html(markdown, title=title, base_dir=root, embed_images=True))
+        atomic_write_text(out_dir / "report.html", markdown_to_html(markdown, title=title, base_dir=root, embed_images=True))
     return md_path
 
 
@@ -309,15 +298,8 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------------------------------
-# A small Markdown to HTML converter: the subset this project writes (headings, paragraphs, pipe
-# tables, lists, fenced code, inline code, bold, italics, links and images). No dependency.
+# Markdown to a standalone HTML page (the `markdown` package, with its tables extension).
 
 _CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 72rem; margin: 2rem auto;
@@ -331,148 +313,33 @@ pre { background: #f6f6f6; padding: 0.8rem; overflow-x: auto; }
 img { max-width: 100%; border: 1px solid #ddd; margin: 0.5rem 0; }
 """
 
-_TABLE_SEPARATOR = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
-_LIST_ITEM = re.compile(r"^\s*([-*]|\d+\.)\s+(.*)$")
+_IMG_SRC = re.compile(r'(<img\b[^>]*\bsrc=")([^"]+)(")')
+_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml", ".gif": "image/gif"}
 
 
-def markdown_to_html(markdown: str, *, title: str = "", base_dir: Path | None = None, embed_images: bool = False) -> str:
-    """Convert the Markdown subset this project writes to a standalone HTML page.
+def markdown_to_html(text: str, *, title: str = "", base_dir: Path | None = None, embed_images: bool = False) -> str:
+    """Convert Markdown to a standalone HTML page.
 
-    With `embed_images`, relative image links that resolve to files under `base_dir` become data URIs.
+    With `embed_images`, relative image links that resolve to files under `base_dir` become data URIs,
+    so the page is self-contained.
     """
-    body = _blocks(markdown.splitlines(), base_dir, embed_images)
+    import markdown
+
+    body = markdown.markdown(text, extensions=["tables", "fenced_code"])
+    if embed_images and base_dir is not None:
+        body = _IMG_SRC.sub(lambda m: m.group(1) + _embedded(html.unescape(m.group(2)), base_dir) + m.group(3), body)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n{body}\n</body>\n</html>\n"
     )
 
 
-def _blocks(lines: list[str], base_dir: Path | None, embed: bool) -> str:
-    out: list[str] = []
-    para: list[str] = []
-    i = 0
-
-    def inline(text: str) -> str:
-        return _inline(text, base_dir, embed)
-
-    def flush() -> None:
-        if para:
-            out.append(f"<p>{inline(' '.join(p.strip() for p in para))}</p>")
-            para.clear()
-
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        if stripped.startswith("```"):
-            flush()
-            code = []
-            i += 1
-            while i < len(lines) and not lines[i].strip().startswith("```"):
-                code.append(lines[i])
-                i += 1
-            out.append(f"<pre><code>{html.escape(chr(10).join(code))}</code></pre>")
-            i += 1
-            continue
-        heading = re.match(r"^(#{1,6})\s+(.*)$", stripped)
-        if heading:
-            flush()
-            level = len(heading.group(1))
-            out.append(f"<h{level}>{inline(heading.group(2))}</h{level}>")
-            i += 1
-            continue
-        if stripped.startswith("|") and i + 1 < len(lines) and _TABLE_SEPARATOR.match(lines[i + 1]):
-            flush()
-            rows = [lines[i], lines[i + 1]]
-            i += 2
-            while i < len(lines) and lines[i].strip().startswith("|"):
-                rows.append(lines[i])
-                i += 1
-            out.append(_table(rows, inline))
-            continue
-        item = _LIST_ITEM.match(line)
-        if item:
-            flush()
-            ordered = item.group(1)[0].isdigit()
-            items = []
-            while i < len(lines) and (m := _LIST_ITEM.match(lines[i])) and m.group(1)[0].isdigit() == ordered:
-                items.append(f"<li>{inline(m.group(2))}</li>")
-                i += 1
-            tag = "ol" if ordered else "ul"
-            out.append(f"<{tag}>" + "".join(items) + f"</{tag}>")
-            continue
-        if not stripped:
-            flush()
-        else:
-            para.append(line)
-        i += 1
-    flush()
-    return "\n".join(out)
-
-
-def _cells(row: str) -> list[str]:
-    row = row.strip()
-    if row.startswith("|"):
-        row = row[1:]
-    if row.endswith("|"):
-        row = row[:-1]
-    return [c.strip() for c in row.split("|")]
-
-
-def _table(rows: list[str], inline: Any) -> str:
-    head, sep, *body = rows
-    aligns = []
-    for spec in _cells(sep):
-        if spec.startswith(":") and spec.endswith(":"):
-            aligns.append("center")
-        elif spec.endswith(":"):
-            aligns.append("right")
-        else:
-            aligns.append("")
-
-    def cell(tag: str, text: str, col: int) -> str:
-        align = aligns[col] if col < len(aligns) and aligns[col] else ""
-        style = f' style="text-align:{align}"' if align else ""
-        return f"<{tag}{style}>{inline(text)}</{tag}>"
-
-    parts = ["<table>", "<thead><tr>" + "".join(cell("th", t, c) for c, t in enumerate(_cells(head))) + "</tr></thead>", "<tbody>"]
-    for row in body:
-        parts.append("<tr>" + "".join(cell("td", t, c) for c, t in enumerate(_cells(row))) + "</tr>")
-    parts.append("</tbody></table>")
-    return "\n".join(parts)
-
-
-_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
-_LINK = re.compile(r"\[([^\]]+)\]\(([^)\s]+)\)")
-_BOLD = re.compile(r"\*\*(.+?)\*\*")
-_ITALIC = re.compile(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])")
-
-
-def _inline(text: str, base_dir: Path | None, embed: bool) -> str:
-    parts = text.split("`")
-    out = []
-    for n, part in enumerate(parts):
-        if n % 2 == 1 and n < len(parts) - 1:
-            out.append(f"<code>{html.escape(part)}</code>")
-            continue
-        if n % 2 == 1:  # unmatched backtick
-            part = "`" + part
-        s = html.escape(part, quote=False)
-        s = _IMAGE.sub(lambda m: _img(m.group(1), html.unescape(m.group(2)), base_dir, embed), s)
-        s = _LINK.sub(lambda m: f'<a href="{html.escape(html.unescape(m.group(2)))}">{m.group(1)}</a>', s)
-        s = _BOLD.sub(r"<strong>\1</strong>", s)
-        s = _ITALIC.sub(r"<em>\1</em>", s)
-        out.append(s)
-    return "".join(out)
-
-
-_MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml", ".gif": "image/gif"}
-
-
-def _img(alt: str, src: str, base_dir: Path | None, embed: bool) -> str:
-    target = src
-    if embed and base_dir is not None and "://" not in src and not src.startswith("data:"):
-        file = (base_dir / src).resolve()
-        mime = _MIME.get(file.suffix.lower())
-        if mime and file.is_file() and file.is_relative_to(base_dir):
-            target = f"data:{mime};base64," + base64.b64encode(file.read_bytes()).decode("ascii")
-    return f'<img alt="{alt}" src="{html.escape(target)}">'
+def _embedded(src: str, base_dir: Path) -> str:
+    """`src` as a data URI when it names an image file under `base_dir`, else `src` unchanged."""
+    if "://" in src or src.startswith("data:"):
+        return src
+    file = (base_dir / src).resolve()
+    mime = _MIME.get(file.suffix.lower())
+    if not (mime and file.is_file() and file.is_relative_to(base_dir.resolve())):
+        return src
+    return f"data:{mime};base64," + base64.b64encode(file.read_bytes()).decode("ascii")
