@@ -1,0 +1,121 @@
+"""Patch sampling and the paper's augmentations (table 3) as MONAI transforms, built from config values.
+
+Every transform works on a dictionary of channel-first arrays or tensors: ``"image"`` (1, X, Y, Z)
+float, normalised intensities, and ``"label"`` (1, X, Y, Z) integer class indices of the task. The
+paper's list maps one to one onto MONAI transforms of the same name and values:
+
+| paper (table 3) | MONAI transform | probability |
+|---|---|---|
+| flip along x | ``RandFlipd(spatial_axis=0)`` (image and label) | ``flip_x_prob`` (0.2) |
+| flip along y | ``RandFlipd(spatial_axis=1)`` (image and label) | ``flip_y_prob`` (0.2) |
+| Gaussian smoothing, sigma in (0.5, 1.15) voxels | ``RandGaussianSmoothd`` | ``smooth_prob`` (0.1) |
+| Gaussian noise, std 0.1 | ``RandGaussianNoised`` | ``noise_prob`` (0.2) |
+| gamma in (0.5, 2.5) | ``RandAdjustContrastd`` | ``gamma_prob`` (0.1) |
+| intensity shift by up to 0.3 | ``RandShiftIntensityd(offsets=0.3)`` | ``shift_prob`` (0.1) |
+
+Each is drawn independently per patch. Axes are those of the canonical LPS grid of
+:mod:`flareseg.preprocessing`: x runs right to left, y anterior to posterior. A flip along x mirrors
+the left and right organs without swapping their labels, exactly as the paper (and nnU-Net's
+mirroring) does; set ``flip_x_prob`` to 0 to keep laterality strictly anatomical.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandShiftIntensityd,
+)
+
+from .config import AugmentConfig, TrainConfig
+from .errors import ConfigError
+
+IMAGE_KEY = "image"
+LABEL_KEY = "label"
+FG_INDICES_KEY = "fg_indices"
+BG_INDICES_KEY = "bg_indices"
+KEYS = (IMAGE_KEY, LABEL_KEY)
+
+
+def build_augmentation(cfg: AugmentConfig) -> Compose:
+    """The paper's augmentations in its order, each drawn per patch with its probability.
+
+    Args:
+        cfg: probabilities and ranges; a probability of 0 disables that transform.
+
+    Returns:
+        A MONAI ``Compose`` acting on ``{"image": (1, X, Y, Z), "label": (1, X, Y, Z)}``; the label
+        is only flipped, never changed in value.
+
+    Raises:
+        ConfigError: a probability outside [0, 1] or an empty range.
+    """
+    for name in ("flip_x_prob", "flip_y_prob", "smooth_prob", "noise_prob", "gamma_prob", "shift_prob"):
+        value = getattr(cfg, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"augment.{name} must lie in [0, 1], got {value}")
+    for name in ("smooth_sigma", "gamma_range"):
+        lo, hi = getattr(cfg, name)
+        if not 0 < lo <= hi:
+            raise ConfigError(f"augment.{name} must be a range 0 < low <= high, got {getattr(cfg, name)}")
+    sigma = (float(cfg.smooth_sigma[0]), float(cfg.smooth_sigma[1]))
+    return Compose(
+        [
+            RandFlipd(keys=KEYS, prob=cfg.flip_x_prob, spatial_axis=0),
+            RandFlipd(keys=KEYS, prob=cfg.flip_y_prob, spatial_axis=1),
+            RandGaussianSmoothd(keys=IMAGE_KEY, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=cfg.smooth_prob),
+            RandGaussianNoised(keys=IMAGE_KEY, prob=cfg.noise_prob, mean=0.0, std=cfg.noise_std),
+            RandAdjustContrastd(keys=IMAGE_KEY, prob=cfg.gamma_prob, gamma=tuple(cfg.gamma_range)),
+            RandShiftIntensityd(keys=IMAGE_KEY, offsets=cfg.shift_offset, prob=cfg.shift_prob),
+        ]
+    )
+
+
+def build_patch_sampler(cfg: TrainConfig, *, use_indices: bool = True) -> RandCropByPosNegLabeld:
+    """``cfg.samples_per_image`` patches of ``cfg.patch_size`` per image, a fraction ``cfg.pos_fraction``
+    centred on foreground.
+
+    With ``use_indices`` the candidate centres are read from the dictionary's ``"fg_indices"`` and
+    ``"bg_indices"`` (flat indices into the label's spatial shape, see :mod:`flareseg.cache`) instead
+    of being searched in the label each time. The image must be at least the patch size along every
+    axis (pad it first).
+
+    Raises:
+        ConfigError: ``pos_fraction`` outside [0, 1].
+    """
+    if not 0.0 <= cfg.pos_fraction <= 1.0:
+        raise ConfigError(f"train.pos_fraction must lie in [0, 1], got {cfg.pos_fraction}")
+    pos, neg = float(cfg.pos_fraction), 1.0 - float(cfg.pos_fraction)
+    return RandCropByPosNegLabeld(
+        keys=KEYS,
+        label_key=LABEL_KEY,
+        spatial_size=tuple(cfg.patch_size),
+        pos=pos,
+        neg=neg,
+        num_samples=cfg.samples_per_image,
+        fg_indices_key=FG_INDICES_KEY if use_indices else None,
+        bg_indices_key=BG_INDICES_KEY if use_indices else None,
+        allow_missing_keys=False,
+    )
+
+
+def build_train_transforms(cfg: TrainConfig, *, use_indices: bool = True) -> Compose:
+    """Patch sampling followed by the augmentations: one image dictionary in, a list of
+    ``cfg.samples_per_image`` patch dictionaries out."""
+    return Compose([build_patch_sampler(cfg, use_indices=use_indices), build_augmentation(cfg.augment)])
+
+
+def pad_widths(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, int]]:
+    """Symmetric (before, after) padding per axis that makes `shape` at least `patch` (MONAI's
+    ``SpatialPad`` convention: the odd voxel goes after)."""
+    widths = []
+    for size, want in zip(shape, patch):
+        total = max(0, int(want) - int(size))
+        widths.append((total // 2, total - total // 2))
+    return widths

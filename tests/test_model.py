@@ -1,0 +1,132 @@
+"""The network presets and the self-describing model folder (flareseg.model)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from flareseg.config import PRESETS, Fingerprint, get_preset
+from flareseg.errors import ModelFolderError
+from flareseg.model import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    ModelConfig,
+    build_network,
+    channel_labels_for,
+    count_parameters,
+    load_model,
+    read_model_config,
+    save_tensors,
+    write_model_config,
+)
+
+PAPER_PARAMS_ORGAN = 31_419_406
+"""DESIGN section 4: the paper's '31.42M' network (MONAI DynUNet with residual blocks, 14 outputs)."""
+PAPER_PARAMS_TUMOR = PAPER_PARAMS_ORGAN - 12 * (32 + 1)
+"""Two outputs instead of 14: the final 1x1x1 convolution (32 inputs + bias) loses 12 output channels."""
+
+
+def _model_config(task: str = "organ", preset: str = "tiny") -> ModelConfig:
+    p = get_preset(preset, task)
+    return ModelConfig(
+        task=task,
+        preset=preset,
+        network=p.network,
+        preprocess=p.preprocess,
+        fingerprint=Fingerprint(-100.0, 300.0, 80.0, 60.0),
+        train=p.train,
+        channel_labels=channel_labels_for(task),
+        data={"n_train": 3, "train_cases": ["a", "b", "c"]},
+        versions={"torch": torch.__version__},
+    )
+
+
+@pytest.mark.parametrize(("task", "expected"), [("organ", PAPER_PARAMS_ORGAN), ("tumor", PAPER_PARAMS_TUMOR)])
+def test_paper_network_has_the_papers_parameter_count(task, expected):
+    network = build_network(get_preset("paper", task).network)
+    assert count_parameters(network) == expected
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+@pytest.mark.parametrize("task", ["organ", "tumor"])
+def test_each_preset_maps_a_patch_to_logits_of_the_same_size(preset, task):
+    cfg = get_preset(preset, task).network
+    size = 2 * cfg.divisor  # the smallest input whose bottleneck has more than one voxel
+    network = build_network(cfg).eval()
+    with torch.no_grad():
+        out = network(torch.zeros(1, 1, size, size, size))
+    assert out.shape == (1, 14 if task == "organ" else 2, size, size, size)
+
+
+def test_deep_supervision_stacks_heads_in_training_only():
+    cfg = dataclasses.replace(get_preset("tiny").network, deep_supervision=True)
+    network = build_network(cfg)
+    x = torch.zeros(1, 1, 32, 32, 32)
+    assert network.train()(x).shape[:3] == (1, 3, 14)
+    with torch.no_grad():
+        assert network.eval()(x).shape == (1, 14, 32, 32, 32)
+
+
+def test_model_folder_round_trip(tmp_path):
+    cfg = _model_config("tumor")
+    network = build_network(cfg.network).eval()
+    write_model_config(tmp_path, cfg)
+    save_tensors(network.state_dict(), tmp_path / WEIGHTS_FILE)
+    loaded_cfg, loaded = load_model(tmp_path)
+    assert loaded_cfg == cfg
+    assert not loaded.training
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), network(x))
+
+
+def test_config_json_is_plain_json_with_the_schema(tmp_path):
+    cfg = _model_config()
+    write_model_config(tmp_path, cfg)
+    data = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert data["channel_labels"] == list(range(14))
+    assert data["network"]["filters"] == list(cfg.network.filters)
+    assert read_model_config(tmp_path) == cfg
+
+
+def test_missing_folder_or_config_is_a_model_folder_error(tmp_path):
+    with pytest.raises(ModelFolderError, match="not found"):
+        read_model_config(tmp_path / "nowhere")
+    with pytest.raises(ModelFolderError, match="no config.json"):
+        read_model_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: "{not json", "invalid JSON"),
+        (lambda d: {**d, "format_version": 99}, "format_version"),
+        (lambda d: {k: v for k, v in d.items() if k != "fingerprint"}, "fingerprint"),
+        (lambda d: {**d, "network": {**d["network"], "filterz": [1]}}, "filterz"),
+        (lambda d: {**d, "channel_labels": [0, 14]}, "channel_labels"),
+        (lambda d: {**d, "fingerprint": {**d["fingerprint"], "std": 0}}, "std"),
+    ],
+)
+def test_corrupt_config_is_a_model_folder_error(tmp_path, mutate, message):
+    write_model_config(tmp_path, _model_config())
+    data = mutate(json.loads((tmp_path / CONFIG_FILE).read_text()))
+    (tmp_path / CONFIG_FILE).write_text(data if isinstance(data, str) else json.dumps(data))
+    with pytest.raises(ModelFolderError, match=message):
+        read_model_config(tmp_path)
+
+
+def test_missing_or_mismatched_weights_are_model_folder_errors(tmp_path):
+    cfg = _model_config()
+    write_model_config(tmp_path, cfg)
+    with pytest.raises(ModelFolderError, match="no weights"):
+        load_model(tmp_path)
+    other = build_network(dataclasses.replace(cfg.network, filters=(4, 8, 16, 32)))
+    save_tensors(other.state_dict(), tmp_path / WEIGHTS_FILE)
+    with pytest.raises(ModelFolderError, match="do not fit"):
+        load_model(tmp_path)
+    (tmp_path / WEIGHTS_FILE).write_bytes(b"\x00" * 10)
+    with pytest.raises(ModelFolderError):
+        load_model(tmp_path)

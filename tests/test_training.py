@@ -1,0 +1,427 @@
+"""Training: schedule, augmentation wiring, patch sampling, the case cache, and short real training runs
+on a tiny synthetic cohort written in the test (resume, kill -9, fine-tuning, time budget)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flareseg.augment import build_augmentation, build_patch_sampler, pad_widths
+from flareseg.cache import CaseCache, SourceCase, sample_locations
+from flareseg.config import FINE_TUNE_LR, AugmentConfig, Fingerprint, PreprocessConfig, TrainConfig
+from flareseg.errors import ConfigError, InputError
+from flareseg.io import Volume, write_volume
+from flareseg.model import load_model, read_model_config
+from flareseg.training import (
+    CHECKPOINT_FILE,
+    CURVE_FILE,
+    LAST_WEIGHTS_FILE,
+    LOG_FILE,
+    apply_overrides,
+    dice_per_class,
+    initial_network,
+    load_checkpoint,
+    lr_for_epoch,
+    poly_lr,
+    read_log,
+    sample_patches,
+    target_lut,
+    train,
+)
+
+TOY_ORGANS = (1, 2, 3, 5, 13)  # liver, right kidney, spleen, aorta, left kidney
+
+
+# --------------------------------------------------------------------------- a tiny cohort
+
+
+def toy_case(seed: int, shape=(64, 64, 48), spacing=(3.0, 3.0, 3.0)) -> tuple[Volume, Volume]:
+    """A CT-like phantom: an elliptic body, five organs as jittered ellipsoids of distinct HU
+    (the two kidneys share their HU and differ only by side), a lesion in the liver, noise."""
+    rng = np.random.default_rng(seed)
+    idx = np.indices(shape, dtype=np.float32)
+    centre = (np.array(shape) - 1) / 2
+
+    def ellipsoid(c, radii):
+        return sum(((idx[a] - c[a]) / radii[a]) ** 2 for a in range(3)) <= 1
+
+    body = ((idx[0] - centre[0]) / (shape[0] * 0.45)) ** 2 + ((idx[1] - centre[1]) / (shape[1] * 0.4)) ** 2 <= 1
+    image = np.full(shape, -1000, np.float32)
+    image[body] = 0
+    label = np.zeros(shape, np.uint8)
+    organs = [  # id, centre (fraction of the shape), radii (voxels), HU
+        (1, (0.32, 0.45, 0.6), (11, 10, 9), 110),
+        (3, (0.7, 0.6, 0.65), (6, 5, 6), 60),
+        (2, (0.3, 0.7, 0.4), (5, 5, 7), 180),
+        (13, (0.7, 0.7, 0.42), (5, 5, 7), 180),
+        (5, (0.5, 0.6, 0.5), (3, 3, 30), 250),
+    ]
+    for oid, frac, radii, hu in organs:
+        mask = ellipsoid(np.array(frac) * shape + rng.uniform(-2, 2, 3), np.array(radii) * rng.uniform(0.85, 1.15, 3)) & body
+        image[mask], label[mask] = hu, oid
+    lesion = ellipsoid(np.array(organs[0][1]) * shape + rng.uniform(-3, 3, 3), np.full(3, rng.uniform(2.5, 3.5))) & (label == 1)
+    image[lesion], label[lesion] = 45, 14
+    image += rng.normal(0, 15, shape).astype(np.float32)
+    origin = (-shape[0] * spacing[0] / 2, -shape[1] * spacing[1] / 2, 0.0)
+    return Volume(image, spacing, origin, np.eye(3)), Volume(label, spacing, origin, np.eye(3))
+
+
+def write_toy_cohort(root: Path, *, n: int = 6, n_val: int = 2) -> Path:
+    """Write `n` toy cases in FLARE layout and a prepared-cohort manifest.json; returns the prepared folder."""
+    cases, samples = [], []
+    for i in range(n):
+        name = f"Toy_{i:04d}"
+        image, label = toy_case(100 + i)
+        image_path = write_volume(
+            Volume(image.array.astype(np.int16), image.spacing, image.origin, image.direction), root / "cohort" / "imagesTr" / f"{name}_0000.nii.gz"
+        )
+        label_path = write_volume(label, root / "cohort" / "labelsTr" / f"{name}.nii.gz")
+        present = sorted(int(v) for v in np.unique(label.array) if v)
+        cases.append(
+            {"case": name, "image": str(image_path), "label": str(label_path), "labels_present": present, "regime": "partial",
+             "shape": list(image.shape), "spacing": list(image.spacing), "orientation": "LPS", "problem": None}
+        )
+        samples.append(image.array[label.array > 0])
+    fg = np.concatenate(samples)
+    lo, hi = np.percentile(fg, [0.5, 99.5])
+    names = [c["case"] for c in cases]
+    split = {"train": names[n_val:], "val": names[:n_val]}
+    manifest = {
+        "source": str(root / "cohort"),
+        "seed": 0,
+        "fingerprint": {"percentile_00_5": float(lo), "percentile_99_5": float(hi), "mean": float(fg.mean()), "std": float(fg.std())},
+        "cases": cases,
+        "organ": split,
+        "tumor": split,
+    }
+    prepared = root / "prepared"
+    prepared.mkdir(parents=True)
+    (prepared / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return prepared
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    return write_toy_cohort(tmp_path_factory.mktemp("toy"))
+
+
+BASE_EPOCHS = 40
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory) -> Path:
+    """The tiny organ model, trained for the tiny preset's 40 epochs x 5 iterations (200 steps)."""
+    out = tmp_path_factory.mktemp("models") / "organ"
+    return train(prepared, out, task="organ", preset="tiny", progress=False, num_workers=0)
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_poly_schedule_values_and_the_fixed_tail():
+    lr = lambda e: poly_lr(e, base_lr=1e-4, horizon=500, exponent=0.9)  # noqa: E731
+    assert lr(0) == 1e-4
+    assert lr(250) == pytest.approx(1e-4 * 0.5**0.9)
+    assert lr(499) == pytest.approx(1e-4 * (1 / 500) ** 0.9)
+    assert lr(499) > 0
+    assert lr(500) == 0.0
+    assert lr(1000) == 0.0
+    values = [lr(e) for e in range(0, 1001)]
+    assert all(math.isfinite(v) and v >= 0 for v in values)
+    assert all(a >= b for a, b in zip(values, values[1:]))  # never increases
+    assert poly_lr(1000, base_lr=1e-4, horizon=500, floor=1e-6) == 1e-6
+    assert poly_lr(499, base_lr=1e-4, horizon=500, floor=1e-6) == 1e-6  # the floor also bounds the decay
+    with pytest.raises(ValueError):
+        poly_lr(-1, base_lr=1e-4, horizon=500)
+    with pytest.raises(ValueError):
+        poly_lr(0, base_lr=1e-4, horizon=0)
+
+
+def test_epochs_are_one_based_in_the_schedule():
+    cfg = TrainConfig()
+    assert lr_for_epoch(cfg, 1) == cfg.learning_rate
+    assert lr_for_epoch(cfg, 501) == 0.0
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+def _patch(seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    image = torch.randn(1, 16, 12, 10, generator=g)
+    label = torch.randint(0, 3, (1, 16, 12, 10), generator=g, dtype=torch.uint8)
+    return {"image": image, "label": label}
+
+
+OFF = AugmentConfig(flip_x_prob=0, flip_y_prob=0, smooth_prob=0, noise_prob=0, gamma_prob=0, shift_prob=0)
+PROBS = ("flip_x_prob", "flip_y_prob", "smooth_prob", "noise_prob", "gamma_prob", "shift_prob")
+
+
+def test_paper_probabilities_are_the_defaults():
+    cfg = AugmentConfig()
+    assert (cfg.flip_x_prob, cfg.flip_y_prob, cfg.smooth_prob, cfg.noise_prob, cfg.gamma_prob, cfg.shift_prob) == (0.2, 0.2, 0.1, 0.2, 0.1, 0.1)
+    assert cfg.smooth_sigma == (0.5, 1.15) and cfg.gamma_range == (0.5, 2.5) and cfg.shift_offset == 0.3
+
+
+def test_all_probabilities_zero_leaves_the_patch_unchanged():
+    data = _patch()
+    out = build_augmentation(OFF)({k: v.clone() for k, v in data.items()})
+    torch.testing.assert_close(torch.as_tensor(out["image"]).as_subclass(torch.Tensor), data["image"])
+    assert torch.equal(torch.as_tensor(out["label"]).as_subclass(torch.Tensor), data["label"])
+
+
+@pytest.mark.parametrize("name", PROBS)
+def test_each_probability_is_wired_to_its_transform(name):
+    data = _patch()
+    aug = build_augmentation(dataclasses.replace(OFF, **{name: 1.0}))
+    aug.set_random_state(seed=1)
+    out = aug({k: v.clone() for k, v in data.items()})
+    image = torch.as_tensor(out["image"]).as_subclass(torch.Tensor)
+    label = torch.as_tensor(out["label"]).as_subclass(torch.Tensor)
+    if name.startswith("flip"):
+        axis = 1 if name == "flip_x_prob" else 2  # channel-first: spatial axis 0 is dim 1
+        torch.testing.assert_close(image, data["image"].flip(axis))
+        assert torch.equal(label, data["label"].flip(axis))
+    else:
+        assert not torch.allclose(image, data["image"])
+        assert torch.equal(label, data["label"])  # intensity transforms never touch the label
+
+
+def test_probability_outside_unit_interval_is_rejected():
+    with pytest.raises(ConfigError, match="noise_prob"):
+        build_augmentation(dataclasses.replace(OFF, noise_prob=1.5))
+
+
+# --------------------------------------------------------------------------- patches and cache
+
+
+def _cached_case(label: np.ndarray, image: np.ndarray | None = None):
+    from flareseg.cache import CachedCase
+
+    image = np.random.default_rng(0).normal(size=label.shape).astype(np.float16) if image is None else image
+    locations, counts = sample_locations(label)
+    return CachedCase("c", image, label, locations, counts)
+
+
+def _sample(case, cfg, seed=0, task="organ"):
+    sampler = build_patch_sampler(cfg)
+    sampler.set_random_state(seed=seed)
+    return sample_patches(case, task, cfg, rng=np.random.default_rng(seed), sampler=sampler, augmentation=build_augmentation(OFF), pad_value=-3.0)
+
+
+def test_foreground_patches_are_centred_on_foreground_class_balanced():
+    label = np.zeros((60, 60, 60), np.uint8)
+    label[5:8, 5:8, 5:8] = 7  # a tiny 'adrenal'
+    label[30:58, 30:58, 30:58] = 1  # a big 'liver'
+    cfg = TrainConfig(patch_size=(8, 8, 8), samples_per_image=2, pos_fraction=1.0, augment=OFF)
+    hits = {1: 0, 7: 0}
+    for seed in range(30):
+        for patch in _sample(_cached_case(label), cfg, seed):
+            assert patch["image"].shape == (1, 8, 8, 8) and patch["image"].dtype == torch.float32
+            centre = int(patch["label"][0, 4, 4, 4])
+            assert centre in hits
+            hits[centre] += 1
+    assert min(hits.values()) >= 15  # each class about half of the 60 patches, not in proportion to volume
+
+
+def test_negative_patches_come_from_background():
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[:20] = 3
+    cfg = TrainConfig(patch_size=(4, 4, 4), pos_fraction=0.0, augment=OFF)
+    for seed in range(10):
+        for patch in _sample(_cached_case(label), cfg, seed):
+            assert int(patch["label"][0, 2, 2, 2]) == 0
+
+
+def test_lesion_is_background_for_the_organ_task_and_the_only_class_for_the_tumour_task():
+    lut_o, lut_t = target_lut("organ"), target_lut("tumor")
+    assert lut_o[14] == 0 and lut_o[1] == 1 and lut_o[13] == 13
+    assert lut_t[14] == 1 and lut_t[1] == 0 and lut_t.max() == 1
+
+
+def test_small_image_is_padded_to_the_patch():
+    label = np.zeros((10, 20, 6), np.uint8)
+    label[4:6, 8:12, 2:4] = 2
+    image = np.zeros(label.shape, np.float16)
+    cfg = TrainConfig(patch_size=(16, 16, 16), samples_per_image=2, augment=OFF)
+    assert pad_widths(label.shape, cfg.patch_size) == [(3, 3), (0, 0), (5, 5)]
+    for patch in _sample(_cached_case(label, image), cfg):
+        assert patch["image"].shape == (1, 16, 16, 16)
+        assert float(patch["image"].min()) == -3.0  # padded with the value of air
+        assert int((patch["label"] == 2).sum()) == int((label == 2).sum())  # nothing lost
+
+
+def test_cache_is_built_once_and_rebuilt_when_the_source_changes(tmp_path):
+    image, label = toy_case(0, shape=(32, 32, 24))
+    ip = write_volume(Volume(image.array.astype(np.int16), image.spacing, image.origin, image.direction), tmp_path / "a_0000.nii.gz")
+    lp = write_volume(label, tmp_path / "a.nii.gz")
+    cache = CaseCache(tmp_path / "cache", PreprocessConfig(target_spacing=(4.0, 4.0, 4.0)), Fingerprint(-50, 260, 120, 60))
+    case = SourceCase("a", ip, lp)
+    assert cache.build([case]) == 1
+    assert cache.build([case]) == 0
+    other = CaseCache(tmp_path / "cache", PreprocessConfig(target_spacing=(3.0, 3.0, 3.0)), Fingerprint(-50, 260, 120, 60))
+    assert other.folder != cache.folder  # another spacing, another key
+    loaded = cache.load("a")
+    assert loaded.image.dtype == np.float16 and isinstance(loaded.image, np.memmap)
+    assert loaded.label.shape == loaded.image.shape
+    assert set(loaded.counts) == set(np.unique(loaded.label).tolist())
+    flat = loaded.label.reshape(-1)
+    assert np.all(flat[loaded.locations[:, 1]] == loaded.locations[:, 0])
+    os.utime(ip, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert not cache.is_current(case)
+    assert cache.build([case]) == 1
+    with pytest.raises(InputError, match="not in the cache"):
+        cache.load("b")
+
+
+def test_dice_per_class_follows_the_flare_empty_mask_convention():
+    target = torch.tensor([0, 1, 1, 2, 2, 0])
+    pred = torch.tensor([0, 1, 2, 2, 2, 0])
+    np.testing.assert_allclose(dice_per_class(pred, target, 4), [2 / 3, 0.8, 1.0])
+    np.testing.assert_allclose(dice_per_class(torch.tensor([0, 3]), torch.tensor([0, 0]), 4), [1.0, 1.0, 0.0])
+
+
+def test_overrides_map_onto_config_fields():
+    from flareseg.config import get_preset
+
+    p = get_preset("tiny")
+    net, pre, tr = apply_overrides(
+        p.network, p.preprocess, p.train, {"train.learning_rate": 0.5, "network": {"filters": [4, 8, 16, 32]}, "augment.noise_prob": 0}
+    )
+    assert tr.learning_rate == 0.5 and net.filters == (4, 8, 16, 32) and tr.augment.noise_prob == 0
+    with pytest.raises(ConfigError, match="learning_rat"):
+        apply_overrides(p.network, p.preprocess, p.train, {"train.learning_rat": 1})
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        apply_overrides(p.network, p.preprocess, p.train, {"train.epochs": 0})
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def test_tiny_organ_model_learns(trained):
+    rows = read_log(trained / LOG_FILE)
+    assert [r["epoch"] for r in rows] == list(range(1, BASE_EPOCHS + 1))
+    assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
+    final = rows[-1]["val_dice"]
+    from flareseg.labels import name_of
+
+    present = [final[name_of(i)] for i in TOY_ORGANS]
+    # Chance (a random label per voxel) gives ~0.01-0.1 for these organs; the tiny model reaches ~0.6-0.8.
+    assert float(np.mean(present)) > 0.45, final
+    assert final["liver"] > 0.8
+    assert {"epoch", "train_loss", "lr", "seconds"} <= set(rows[0])
+    assert "val_dice" in rows[9] and "val_dice" not in rows[10]  # validated every 10 epochs (and at the end)
+
+
+def test_model_folder_is_complete_and_pickle_free(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"config.json", "model.safetensors", LAST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, CURVE_FILE} <= names
+    assert not [n for n in names if n.endswith((".pt", ".pth", ".pkl", ".pickle", ".ckpt"))]
+    cfg = read_model_config(trained)
+    assert cfg.task == "organ" and cfg.preset == "tiny" and cfg.channel_labels == tuple(range(14))
+    assert cfg.data["n_train"] == 4 and cfg.data["val_cases"] == ["Toy_0000", "Toy_0001"]
+    assert {"flareseg", "torch", "monai", "python"} <= set(cfg.versions)
+    assert (trained / CURVE_FILE).read_bytes()[:4] == b"\x89PNG"
+    _, network = load_model(trained)
+    with torch.no_grad():
+        assert network(torch.zeros(1, 1, 32, 32, 32)).shape == (1, 14, 32, 32, 32)
+
+
+def test_an_existing_run_needs_resume(trained, prepared):
+    with pytest.raises(ConfigError, match="resume"):
+        train(prepared, trained, task="organ", preset="tiny", progress=False)
+
+
+def test_resume_continues_at_the_next_epoch_with_the_same_state(prepared, trained, tmp_path):
+    out = tmp_path / "run"
+    train(prepared, out, task="organ", preset="tiny", epochs=2, progress=False, num_workers=0)
+    assert [r["epoch"] for r in read_log(out / LOG_FILE)] == [1, 2]
+    with pytest.raises(ConfigError, match="only"):
+        train(prepared, out, task="organ", resume=True, epochs=4, overrides={"train.learning_rate": 1.0}, progress=False)
+    train(prepared, out, task="organ", resume=True, epochs=4, progress=False, num_workers=0)
+    rows = read_log(out / LOG_FILE)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    # Same seed, same data per epoch, restored optimiser: the losses follow the uninterrupted run.
+    reference = read_log(trained / LOG_FILE)
+    for got, want in zip(rows, reference):
+        assert got["lr"] == want["lr"]
+        assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-3)
+    assert read_model_config(out).train.epochs == 4
+
+
+def test_kill_9_mid_epoch_then_resume(prepared, tmp_path):
+    out = tmp_path / "killed"
+    script = textwrap.dedent(
+        f"""
+        from flareseg.training import train
+        train({str(prepared)!r}, {str(out)!r}, task="tumor", preset="tiny", epochs=500, progress=False, num_workers=0,
+              overrides={{"train.iterations_per_epoch": 3, "train.val_every": 1000}})
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(read_log(out / LOG_FILE)) < 3:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            time.sleep(0.05)
+        time.sleep(0.1)  # somewhere inside an epoch (or writing one)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = len(read_log(out / LOG_FILE))
+    assert done >= 3
+    resume_to = done + 2
+    train(prepared, out, task="tumor", resume=True, epochs=resume_to, progress=False, num_workers=0)
+    rows = read_log(out / LOG_FILE)
+    assert [r["epoch"] for r in rows] == list(range(1, resume_to + 1))
+    assert "val_mean_dice" in rows[-1]  # the last epoch is always validated
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary file left behind except by the kill
+    _, network = load_model(out)
+    assert network(torch.zeros(1, 1, 32, 32, 32)).shape[1] == 2
+
+
+def test_fine_tuning_starts_from_the_given_weights_with_the_fine_tune_rate(prepared, trained, tmp_path):
+    cfg = read_model_config(trained)
+    start = initial_network(cfg.network, trained, seed=123)
+    _, reference = load_model(trained)
+    for a, b in zip(start.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(a, b)
+    out = tmp_path / "finetuned"
+    train(prepared, out, task="organ", init_from=trained, epochs=1, progress=False, num_workers=0)
+    rows = read_log(out / LOG_FILE)
+    assert rows[0]["lr"] == FINE_TUNE_LR
+    tuned = read_model_config(out)
+    assert tuned.train.learning_rate == FINE_TUNE_LR and tuned.data["init_from"] == str(trained.resolve())
+    # Starting from trained weights the first epoch's loss is near the end of the first run, far below a fresh start.
+    first = read_log(trained / LOG_FILE)
+    assert rows[0]["train_loss"] < 0.5 * (first[0]["train_loss"] + first[-1]["train_loss"])
+    with pytest.raises(ConfigError, match="organ model"):
+        train(prepared, tmp_path / "wrong", task="tumor", init_from=trained, epochs=1, progress=False)
+
+
+def test_time_budget_stops_gracefully_with_a_valid_folder(prepared, tmp_path):
+    out = tmp_path / "budget"
+    train(prepared, out, task="tumor", preset="tiny", progress=False, num_workers=0, overrides={"train.max_minutes": 0.001})
+    rows = read_log(out / LOG_FILE)
+    assert len(rows) == 1 and "val_mean_dice" in rows[0]
+    meta = load_checkpoint(out / CHECKPOINT_FILE, initial_network(read_model_config(out).network, None, seed=0),
+                           torch.optim.Adam(initial_network(read_model_config(out).network, None, seed=0).parameters()))
+    assert meta["epoch"] == 1
+    load_model(out)
+
+
+def test_missing_manifest_is_an_input_error(tmp_path):
+    with pytest.raises(InputError, match="manifest.json"):
+        train(tmp_path, tmp_path / "out", task="organ", preset="tiny", progress=False)
