@@ -173,9 +173,14 @@ def _presets() -> dict[str, Preset]:
     paper = Preset("paper", NetworkConfig(), PreprocessConfig(), TrainConfig())
     cpu = Preset(
         "cpu",
-        NetworkConfig(filters=(16, 32, 64, 128, 256), strides=(1, 2, 2, 2, 2), res_block=True),
+        # Measured on 2 cores (docs/training.md): 8-128 features train ~4x faster per step than 16-256
+        # and reach higher Dice within a 10-15 minute budget; deep supervision speeds up early learning.
+        NetworkConfig(filters=(8, 16, 32, 64, 128), strides=(1, 2, 2, 2, 2), res_block=True, deep_supervision=True),
         PreprocessConfig(target_spacing=(2.5, 2.5, 2.5)),
-        TrainConfig(epochs=60, iterations_per_epoch=20, patch_size=(64, 64, 64), learning_rate=1e-3, val_every=5),
+        TrainConfig(
+            epochs=60, iterations_per_epoch=25, patch_size=(64, 64, 64), learning_rate=3e-3,
+            poly_horizon_epochs=60, val_every=10, val_overlap=0.25,
+        ),
     )
     tiny = Preset(
         "tiny",

@@ -932,7 +932,8 @@ def _run(
 
     from tqdm import tqdm
 
-    total_its = max(0, tcfg.epochs - first_epoch + 1) * tcfg.iterations_per_epoch
+    # Under a time budget the epoch count is only an upper bound: show the count and rate, not a total.
+    total_its = None if budget_s is not None else max(0, tcfg.epochs - first_epoch + 1) * tcfg.iterations_per_epoch
     bar = tqdm(total=total_its, desc=f"train {cfg.task}", unit="it", disable=not (progress and runtime.is_main), dynamic_ncols=True)
     stopped_early = False
     last_row: dict[str, Any] | None = None
