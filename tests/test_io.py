@@ -145,3 +145,13 @@ def test_io_does_not_import_torch():
     code = "import sys, flareseg.io, flareseg.preprocessing, flareseg.dataset; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    image, _ = phantom_ct()
+    path = write_volume(image, tmp_path / "ct.nii.gz")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (path.stat().st_mode & 0o777) == 0o666 & ~mask

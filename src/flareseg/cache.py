@@ -40,7 +40,7 @@ import numpy as np
 
 from .config import Fingerprint, PreprocessConfig, to_dict
 from .errors import InputError
-from .io import atomic_write_bytes, read_image, read_label
+from .io import atomic_write_bytes, read_image, read_label, publish
 from .preprocessing import preprocess_case
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
     try:
         with os.fdopen(fd, "wb") as fh:
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -306,11 +306,24 @@ def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask_mode() -> int:
+    """The mode a plainly created file gets (0o666 less the umask); mkstemp's files are 0o600."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Give a finished temporary file the usual permissions and rename it onto `path` (atomic)."""
+    os.chmod(tmp, _umask_mode())
+    os.replace(tmp, path)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -322,7 +335,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -341,7 +354,7 @@ def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
     try:
         fig.savefig(tmp, format="png", **savefig_kwargs)
-        os.replace(tmp, path)
+        publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path

@@ -28,7 +28,7 @@ from .config import (
     to_dict,
 )
 from .errors import ConfigError, ModelFolderError
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, publish
 from .labels import LESION, NUM_ORGAN_CHANNELS
 
 CONFIG_FILE = "config.json"
@@ -133,7 +133,7 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[st
         # clone(): a DynUNet state_dict holds aliases (skip_layers.* share storage with the blocks), which
         # safetensors refuses; each key gets its own copy so load_state_dict(strict=True) finds them all.
         save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,7 +34,7 @@ import numpy as np
 
 from . import labels as L
 from .errors import ConfigError
-from .io import Volume, orientation_code, write_volume
+from .io import Volume, orientation_code, write_volume, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -1730,15 +1729,7 @@ def _prepare_out_dir(out: Path) -> None:
 
 
 def _write_json_atomic(data: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _annotate(case: _Case, regime: str, rng: np.random.Generator, partial_lesion_fraction: float) -> tuple[np.ndarray | None, list[int]]:
