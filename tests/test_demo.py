@@ -1,0 +1,32 @@
+"""The main job end to end: synth -> prepare -> train both models -> predict (paper, fast) -> evaluate -> report."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flareseg.demo import DemoConfig, run_demo
+
+
+def test_tiny_demo_end_to_end(tmp_path):
+    config = DemoConfig(cases=8, val_cases=2, organ_minutes=0.1, tumor_minutes=0.05, preset="tiny", seed=1)
+    result = run_demo(tmp_path / "demo", config=config, progress=False)
+    report = result.report.read_text()
+    for heading in ("Table 4 (paper mode)", "Table 4 (fast mode)", "Table 5 (fast mode)", "Figures (fast mode)", "Training curves"):
+        assert heading in report
+    assert (result.report.parent / "report.html").is_file()
+    for mode in ("paper", "fast"):
+        predictions = sorted((tmp_path / "demo" / f"predict_{mode}" / "predictions").glob("*.nii.gz"))
+        assert len(predictions) == 2
+        assert 0.0 <= result.organ_dsc[mode] <= 1.0
+    saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())
+    assert saved["organ_dsc"]["fast"] == pytest.approx(result.organ_dsc["fast"])
+
+
+@pytest.mark.slow
+def test_quick_demo_cli_within_five_minutes(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "flareseg.cli", "-q", "demo", "--quick", "--out", str(tmp_path / "q")], capture_output=True, text=True, timeout=330)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "fast mode: mean organ DSC" in run.stdout
+    assert (tmp_path / "q" / "report" / "report.md").is_file()
