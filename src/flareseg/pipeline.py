@@ -78,6 +78,10 @@ FLARE_CHANNEL_SUFFIX = "_0000"
 OUTPUT_SUFFIX = ".nii.gz"
 
 
+TRAINED_FLIP_AXES = (0, 1)
+"""Axes (I, J of the canonical grid) that the paper's augmentation flips: the safe test-time mirrors."""
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """How to run the two-step prediction. Build presets with :meth:`for_mode`.
@@ -148,9 +152,13 @@ class InferenceConfig:
 
         - ``fast``: coarse organ pass on a 2x pooled grid, fine models in the ROI, step 0.8, no mirroring,
           post-processing on.
-        - ``accurate``: whole volume, step 0.5, mirroring over the 3 axes (8 passes), post-processing on.
+        - ``accurate``: whole volume, step 0.5, mirroring along I and J (4 passes), post-processing on.
         - ``paper``: the paper's procedure: whole network grid but only its middle 50 mm along K,
-          step 0.5, mirroring, no post-processing.
+          step 0.5, mirroring along I and J, no post-processing.
+
+        Test-time mirroring uses only the axes the paper's augmentation flips (x and y): mirroring the
+        axial axis too (nnU-Net's 8 passes) shows the network upside-down anatomy it never saw in
+        training, which measurably hurt a trained `cpu` model (stomach DSC 0.87 -> 0.32).
 
         Raises:
             ConfigError: unknown mode or field, or an invalid value.
@@ -159,8 +167,8 @@ class InferenceConfig:
             raise ConfigError(f"unknown inference mode {mode!r}; choose one of {', '.join(MODES)}")
         base = {
             "fast": cls(mode="fast"),
-            "accurate": cls(mode="accurate", step=0.5, mirror=(0, 1, 2), roi=False),
-            "paper": cls(mode="paper", step=0.5, mirror=(0, 1, 2), roi=False, paper_slices=50, postprocess=NO_POSTPROCESS),
+            "accurate": cls(mode="accurate", step=0.5, mirror=TRAINED_FLIP_AXES, roi=False),
+            "paper": cls(mode="paper", step=0.5, mirror=TRAINED_FLIP_AXES, roi=False, paper_slices=50, postprocess=NO_POSTPROCESS),
         }[mode]
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - names
