@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: spinning OpenMP threads tripled step times here
+
 import numpy as np
 
 STAGES = ("load", "read", "preprocess", "roi", "organ", "tumor", "postprocess", "restore", "write", "total")

@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: spinning OpenMP threads tripled step times here
+
 
 def _worker(preset: str, task: str, warmup: int, repeats: int, threads: int | None, prepared: str | None) -> dict:
     import torch
