@@ -22,7 +22,7 @@ from .io import Volume
 from .model import ModelConfig, load_model
 from .preprocessing import PreprocessedCase, normalize, preprocess_case, restore_label
 from .roi import Box, box_slices, full_box, is_empty
-from .sliding_window import count_tiles, network_predictor, sliding_window_argmax, sliding_window_logits
+from .sliding_window import count_tiles, network_predictor, sliding_window_argmax
 
 log = logging.getLogger(__name__)
 
@@ -120,27 +120,6 @@ class ModelPredictor:
     def count_tiles(self, shape: Sequence[int], step: float, mirror: Sequence[int] = ()) -> int:
         """Network evaluations needed for a region of `shape` (mirroring included)."""
         return count_tiles(shape, self.patch_size, step) * 2 ** len(tuple(mirror))
-
-    def predict_logits(
-        self,
-        image: np.ndarray,
-        *,
-        step: float = 0.5,
-        mirror: Sequence[int] = (),
-        precision: str = "auto",
-        tile_batch_size: int = 1,
-    ) -> np.ndarray:
-        """(C, X, Y, Z) float32 blended logits of a normalised network-grid image (small volumes only)."""
-        out = sliding_window_logits(
-            np.ascontiguousarray(image, dtype=np.float32),
-            self.tile_predictor(mirror=mirror, precision=precision),
-            patch_size=self.patch_size,
-            step=step,
-            tile_batch_size=tile_batch_size,
-            device=self.device,
-            pad_value=self.pad_value,
-        )
-        return out.cpu().numpy()
 
     def predict_labels(
         self,
