@@ -20,6 +20,7 @@ from .config import Fingerprint, PreprocessConfig
 from .errors import ConfigError
 from .io import Volume
 from .model import ModelConfig, load_model
+from .nnunet import is_nnunet_folder, load_nnunet_model
 from .preprocessing import PreprocessedCase, normalize, preprocess_case, restore_label
 from .roi import Box, box_slices, full_box, is_empty
 from .sliding_window import count_tiles, network_predictor, sliding_window_argmax
@@ -63,13 +64,14 @@ class ModelPredictor:
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> "ModelPredictor":
-        """Load a flareseg model folder.
+        """Load a flareseg model folder, or an nnU-Net v2 trained model folder (see :mod:`flareseg.nnunet`).
 
         Raises:
-            ModelFolderError: missing or invalid config.json or weights.
+            ModelFolderError: missing or invalid configuration or weights.
         """
         device = resolve_device(device)
-        cfg, network = load_model(folder, device)
+        loader = load_nnunet_model if is_nnunet_folder(folder) else load_model
+        cfg, network = loader(folder, device)
         return cls(cfg, network, device, folder=Path(folder))
 
     def __repr__(self) -> str:

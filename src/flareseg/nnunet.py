@@ -1,0 +1,332 @@
+"""nnU-Net v2 interop: use an nnU-Net v2 trained model folder as the organ or the tumour model.
+
+An nnU-Net v2 results folder ``<Trainer>__<Plans>__<configuration>/`` holds ``plans.json``,
+``dataset.json`` and ``fold_N/checkpoint_final.pth``. :func:`load_nnunet_model` turns it into what a
+flareseg model folder gives (a :class:`~flareseg.model.ModelConfig` and a network in eval mode)
+without importing nnunetv2:
+
+- the network is rebuilt from the plans with nnU-Net's network library
+  (``dynamic_network_architectures``), from an allow-list of classes (nnU-Net itself imports
+  whatever class names the plans hold);
+- the checkpoint is read with torch's weights-only unpickler, which builds tensors and plain
+  containers only; the numpy scalars nnU-Net stores in its training log are allowed by name,
+  anything else (a pickled callable) is refused;
+- preprocessing maps onto flareseg's: the configuration's spacing, ``CTNormalization`` with the
+  plans' foreground intensity properties, and the patch size;
+- the network sees arrays in nnU-Net's axis order: a SimpleITK array (z, y, x) of the image
+  reoriented to LPS (identity direction), transposed by the plans' ``transpose_forward``.
+
+Differences from nnU-Net's own predictor, all on the preprocessing side: flareseg reorients every
+image to LPS (nnU-Net keeps the stored orientation, so images stored otherwise than LPS-identity
+are presented differently), crops to the body (nnU-Net crops to non-zero voxels, which for CT is
+everything), and resamples linearly (nnU-Net: third-order spline). Only one fold is used; the
+cascade configuration (which needs a low-resolution segmentation as input) is not supported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+from .config import Fingerprint, NetworkConfig, PreprocessConfig, TrainConfig
+from .errors import ModelFolderError
+from .labels import LESION, NUM_ORGAN_CHANNELS
+from .model import ModelConfig
+
+PLANS_FILE = "plans.json"
+DATASET_FILE = "dataset.json"
+CHECKPOINT_FILES = ("checkpoint_final.pth", "checkpoint_best.pth")
+"""Checkpoints looked for in a fold folder, in order of preference."""
+
+NETWORK_CLASSES: dict[str, type[torch.nn.Module]] = {
+    "PlainConvUNet": PlainConvUNet,
+    "ResidualEncoderUNet": ResidualEncoderUNet,
+}
+"""The nnU-Net architectures flareseg rebuilds, by class name (with or without module path)."""
+
+LAYER_CLASSES: dict[str, type[torch.nn.Module] | None] = {
+    "torch.nn.modules.conv.Conv3d": torch.nn.Conv3d,
+    "torch.nn.Conv3d": torch.nn.Conv3d,
+    "torch.nn.modules.instancenorm.InstanceNorm3d": torch.nn.InstanceNorm3d,
+    "torch.nn.InstanceNorm3d": torch.nn.InstanceNorm3d,
+    "torch.nn.modules.batchnorm.BatchNorm3d": torch.nn.BatchNorm3d,
+    "torch.nn.BatchNorm3d": torch.nn.BatchNorm3d,
+    "torch.nn.modules.dropout.Dropout3d": torch.nn.Dropout3d,
+    "torch.nn.Dropout3d": torch.nn.Dropout3d,
+    "torch.nn.LeakyReLU": torch.nn.LeakyReLU,
+    "torch.nn.modules.activation.LeakyReLU": torch.nn.LeakyReLU,
+    "torch.nn.ReLU": torch.nn.ReLU,
+    "torch.nn.modules.activation.ReLU": torch.nn.ReLU,
+}
+"""Layer types the plans may name (``_kw_requires_import``); ``None`` in the plans stays ``None``."""
+
+_NUMPY_SCALAR = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+NUMPY_DATA_GLOBALS = [
+    np.dtype,
+    (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
+    (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
+    *(getattr(np.dtypes, name) for name in getattr(np, "dtypes", np).__dict__.get("__all__", ())),
+]
+"""Data-only numpy globals found in nnU-Net checkpoints (its log holds numpy floats): np.dtype, its
+per-type classes (numpy >= 1.25) and numpy's scalar constructor, under the numpy 1 and 2 module names."""
+
+
+def is_nnunet_folder(folder: str | os.PathLike) -> bool:
+    """True for an nnU-Net v2 trained model folder, or one of its ``fold_*`` folders."""
+    folder = Path(folder)
+    return (folder / PLANS_FILE).is_file() or (folder.name.startswith("fold_") and (folder.parent / PLANS_FILE).is_file())
+
+
+def find_checkpoint(folder: str | os.PathLike) -> tuple[Path, Path]:
+    """The model folder (holding plans.json) and the checkpoint to load.
+
+    `folder` is the trained model folder or one of its ``fold_*`` folders. In the model folder,
+    ``fold_all`` is used if present, else the only fold; several folds are an error (flareseg
+    does not ensemble folds: name one).
+
+    Raises:
+        ModelFolderError: no fold, several folds, or no checkpoint in the fold.
+    """
+    folder = Path(folder)
+    if folder.name.startswith("fold_") and not (folder / PLANS_FILE).is_file():
+        root, fold = folder.parent, folder
+    else:
+        root = folder
+        folds = sorted(p for p in root.glob("fold_*") if p.is_dir())
+        if not folds:
+            raise ModelFolderError(f"{root}: nnU-Net model folder without any fold_* folder")
+        named = {p.name: p for p in folds}
+        if "fold_all" in named:
+            fold = named["fold_all"]
+        elif len(folds) == 1:
+            fold = folds[0]
+        else:
+            names = ", ".join(p.name for p in folds)
+            raise ModelFolderError(f"{root}: holds {names}; give one fold folder (flareseg does not ensemble folds)")
+    for name in CHECKPOINT_FILES:
+        if (fold / name).is_file():
+            return root, fold / name
+    raise ModelFolderError(f"{fold}: no {' or '.join(CHECKPOINT_FILES)}")
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Read an nnU-Net checkpoint with torch's weights-only unpickler (tensors, containers, numpy scalars).
+
+    Raises:
+        ModelFolderError: unreadable, truncated, holding objects other than data, or without weights.
+    """
+    try:
+        with torch.serialization.safe_globals(NUMPY_DATA_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        raise ModelFolderError(f"{path}: refused to unpickle (it holds more than data): {detail}") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise ModelFolderError(f"{path}: not a readable PyTorch checkpoint: {str(exc).splitlines()[0]}") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
+        raise ModelFolderError(f"{path}: no 'network_weights' in the checkpoint (not an nnU-Net v2 checkpoint?)")
+    return checkpoint
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelFolderError(f"{path.parent}: nnU-Net model folder without {path.name}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelFolderError(f"{path}: invalid JSON: {exc}") from None
+
+
+def configuration(plans: dict[str, Any], name: str, *, source: Path) -> dict[str, Any]:
+    """The plans' configuration `name` with ``inherits_from`` resolved (as nnU-Net's ConfigurationManager does).
+
+    Raises:
+        ModelFolderError: unknown configuration, or one that needs a previous stage (cascade).
+    """
+    configs = plans.get("configurations", {})
+    chain: list[dict[str, Any]] = []
+    current = name
+    while current is not None:
+        if current not in configs or len(chain) > len(configs):
+            raise ModelFolderError(f"{source}: configuration {current!r} not in the plans (has {sorted(configs)})")
+        chain.append(configs[current])
+        current = configs[current].get("inherits_from")
+    merged: dict[str, Any] = {}
+    for part in reversed(chain):
+        merged.update(part)
+    if merged.get("previous_stage"):
+        raise ModelFolderError(f"{source}: configuration {name!r} is a cascade stage (needs {merged['previous_stage']!r} output); not supported")
+    if merged.get("data_identifier", "").startswith("nnUNetPlans_2d") or len(merged.get("patch_size", ())) != 3:
+        raise ModelFolderError(f"{source}: configuration {name!r} is not 3-D; flareseg runs 3-D models only")
+    return merged
+
+
+def network_arguments(config: dict[str, Any], *, source: Path) -> tuple[type[torch.nn.Module], dict[str, Any]]:
+    """The network class and its keyword arguments from a plans configuration (nnU-Net >= 2.4 or older)."""
+    if "architecture" in config:
+        arch = config["architecture"]
+        class_name = str(arch["network_class_name"]).rsplit(".", 1)[-1]
+        kwargs = dict(arch["arch_kwargs"])
+        for key in arch.get("_kw_requires_import", ()):
+            kwargs[key] = _layer_class(kwargs.get(key), source)
+    else:  # nnU-Net 2.0-2.3 plans
+        class_name = config.get("UNet_class_name", "PlainConvUNet")
+        stages = len(config["conv_kernel_sizes"])
+        base, cap = config["UNet_base_num_features"], config["unet_max_num_features"]
+        kwargs = {
+            "n_stages": stages,
+            "features_per_stage": [min(base * 2**i, cap) for i in range(stages)],
+            "conv_op": torch.nn.Conv3d,
+            "kernel_sizes": config["conv_kernel_sizes"],
+            "strides": config["pool_op_kernel_sizes"],
+            "n_conv_per_stage_decoder": config["n_conv_per_stage_decoder"],
+            "conv_bias": True,
+            "norm_op": torch.nn.InstanceNorm3d,
+            "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+            "dropout_op": None,
+            "dropout_op_kwargs": None,
+            "nonlin": torch.nn.LeakyReLU,
+            "nonlin_kwargs": {"inplace": True},
+        }
+        blocks_key = "n_blocks_per_stage" if class_name == "ResidualEncoderUNet" else "n_conv_per_stage"
+        kwargs[blocks_key] = config["n_conv_per_stage_encoder"]
+    if class_name not in NETWORK_CLASSES:
+        raise ModelFolderError(f"{source}: network class {class_name!r} is not supported (supported: {', '.join(NETWORK_CLASSES)})")
+    return NETWORK_CLASSES[class_name], kwargs
+
+
+def _layer_class(name: Any, source: Path) -> type[torch.nn.Module] | None:
+    if name is None:
+        return None
+    if name not in LAYER_CLASSES:
+        raise ModelFolderError(f"{source}: layer type {name!r} in the plans is not supported")
+    return LAYER_CLASSES[name]
+
+
+class NnUNetAxisOrder(torch.nn.Module):
+    """Runs an nnU-Net network on flareseg's (B, C, X, Y, Z) tensors of the LPS grid.
+
+    nnU-Net's network sees the SimpleITK array order (z, y, x) transposed by ``transpose_forward``;
+    this wrapper permutes the input into that order and the logits back.
+    """
+
+    def __init__(self, network: torch.nn.Module, transpose_forward: tuple[int, int, int]):
+        super().__init__()
+        self.network = network
+        # Tensor dim 2 + a holds flareseg axis a (x, y, z); nnU-Net axis i is SimpleITK axis t[i], i.e. flareseg axis 2 - t[i].
+        self.forward_order = (0, 1) + tuple(2 + (2 - t) for t in transpose_forward)
+        self.backward_order = tuple(int(i) for i in np.argsort(self.forward_order))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.network(x.permute(*self.forward_order).contiguous())
+        return logits.permute(*self.backward_order)
+
+
+def to_flareseg_axes(values: list[float] | tuple[float, ...], transpose_forward: tuple[int, int, int]) -> tuple[float, ...]:
+    """A per-axis quantity (spacing, patch size) from nnU-Net's transposed order to flareseg's (x, y, z)."""
+    zyx = [0.0, 0.0, 0.0]
+    for i, t in enumerate(transpose_forward):
+        zyx[t] = values[i]
+    return tuple(zyx[::-1])
+
+
+def channel_labels_from(dataset: dict[str, Any], *, source: Path) -> tuple[str, tuple[int, ...]]:
+    """The task and flareseg label id per output channel from dataset.json's ``labels``.
+
+    An organ model must have the FLARE23 ids 0-13 (channel k is label k); a tumour model has two
+    labels, background and lesion (its channel 1 becomes id 14).
+
+    Raises:
+        ModelFolderError: region-based labels or labels that fit neither step.
+    """
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise ModelFolderError(f"{source}: dataset.json has no 'labels'")
+    if any(not isinstance(v, int) for v in labels.values()):
+        raise ModelFolderError(f"{source}: region-based labels (lists of ids) are not supported")
+    values = sorted(labels.values())
+    if values == list(range(NUM_ORGAN_CHANNELS)):
+        return "organ", tuple(values)
+    if values == [0, 1]:
+        return "tumor", (0, LESION)
+    raise ModelFolderError(
+        f"{source}: labels {labels} fit neither step: the organ model needs ids 0-13 (FLARE23), the tumour model background 0 and lesion 1"
+    )
+
+
+def load_nnunet_model(folder: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[ModelConfig, torch.nn.Module]:
+    """Load an nnU-Net v2 trained model folder (or one of its fold folders) as a flareseg model.
+
+    Returns:
+        The :class:`ModelConfig` describing it (``preset`` ``'nnunet'``; ``network`` summarises the
+        stages, the plans hold the exact architecture; ``data['nnunet']`` records the source) and
+        the network, wrapped to take (B, 1, X, Y, Z) LPS-grid tensors, in eval mode on `device`.
+
+    Raises:
+        ModelFolderError: anything in the folder flareseg cannot use, named.
+    """
+    root, checkpoint_path = find_checkpoint(folder)
+    plans = _read_json(root / PLANS_FILE)
+    dataset = _read_json(root / DATASET_FILE)
+    checkpoint = read_checkpoint(checkpoint_path)
+    channels = dataset.get("channel_names", dataset.get("modality", {"0": "CT"}))
+    if len(channels) != 1:
+        raise ModelFolderError(f"{root / DATASET_FILE}: {len(channels)} input channels ({channels}); flareseg feeds one CT channel")
+    init_args = checkpoint.get("init_args") or {}
+    config_name = init_args.get("configuration") or root.name.rsplit("__", 1)[-1]
+    config = configuration(plans, config_name, source=root / PLANS_FILE)
+    schemes = config.get("normalization_schemes", [])
+    if list(schemes) != ["CTNormalization"]:
+        raise ModelFolderError(f"{root / PLANS_FILE}: normalisation {schemes}; flareseg supports CTNormalization only")
+    try:
+        props = plans["foreground_intensity_properties_per_channel"]["0"]
+        fingerprint = Fingerprint(float(props["percentile_00_5"]), float(props["percentile_99_5"]), float(props["mean"]), float(props["std"]))
+    except KeyError as exc:
+        raise ModelFolderError(f"{root / PLANS_FILE}: no foreground intensity property {exc.args[0]!r} for channel 0") from None
+    task, channel_labels = channel_labels_from(dataset, source=root / DATASET_FILE)
+
+    transpose = tuple(int(t) for t in plans.get("transpose_forward", (0, 1, 2)))
+    network_class, kwargs = network_arguments(config, source=root / PLANS_FILE)
+    try:
+        network = network_class(input_channels=1, num_classes=len(channel_labels), deep_supervision=False, **kwargs)
+        network.load_state_dict(checkpoint["network_weights"], strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ModelFolderError(f"{checkpoint_path}: weights do not fit the network in the plans: {str(exc).splitlines()[0]}") from None
+
+    strides = [max(s) if isinstance(s, (list, tuple)) else int(s) for s in kwargs["strides"]]
+    model_config = ModelConfig(
+        task=task,
+        preset="nnunet",
+        network=NetworkConfig(
+            out_channels=len(channel_labels),
+            filters=tuple(int(f) for f in kwargs["features_per_stage"]),
+            strides=tuple(strides),
+            res_block=network_class is ResidualEncoderUNet,
+        ),
+        preprocess=PreprocessConfig(target_spacing=to_flareseg_axes(config["spacing"], transpose)),
+        fingerprint=fingerprint,
+        train=TrainConfig(
+            patch_size=tuple(int(p) for p in to_flareseg_axes(config["patch_size"], transpose)),
+            batch_size=int(config.get("batch_size", 2)),
+        ),
+        channel_labels=channel_labels,
+        data={
+            "nnunet": {
+                "folder": str(root.resolve()),
+                "checkpoint": str(checkpoint_path.resolve()),
+                "configuration": config_name,
+                "trainer": checkpoint.get("trainer_name"),
+                "epoch": checkpoint.get("current_epoch"),
+                "transpose_forward": list(transpose),
+                "labels": dataset["labels"],
+            }
+        },
+    )
+    return model_config, NnUNetAxisOrder(network, transpose).to(device).eval()
