@@ -183,8 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
         else:
             p.add_argument("--out", required=True, type=Path, help="output folder (predictions/, efficiency.md/json, memory_curves.png)")
-        p.add_argument("--organ-model", required=True, type=Path, help="organ model folder")
-        p.add_argument("--tumor-model", type=Path, help="tumour model folder (omit: organs only)")
+        p.add_argument("--organ-model", required=True, type=Path, help="organ model folder (flareseg, or an nnU-Net v2 trained model or fold folder)")
+        p.add_argument("--tumor-model", type=Path, help="tumour model folder, flareseg or nnU-Net v2 (omit: organs only)")
         p.add_argument("--mode", choices=("fast", "accurate", "paper"), default="fast", help="fast (default), accurate, or the paper's procedure")
         p.add_argument("--step", type=float, help="sliding-window step as a fraction of the patch (default: the mode's)")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
