@@ -7,11 +7,14 @@ import sys
 import pytest
 
 from flareseg.demo import DemoConfig, run_demo
+from flareseg.model import read_model_config
 
 
 def test_tiny_demo_end_to_end(tmp_path):
-    config = DemoConfig(cases=8, val_cases=2, organ_minutes=0.1, tumor_minutes=0.05, preset="tiny", seed=1)
+    config = DemoConfig(cases=8, val_cases=2, organ_minutes=0.1, tumor_minutes=0.05, organ_epochs=3, preset="tiny", seed=1)
     result = run_demo(tmp_path / "demo", config=config, progress=False)
+    organ = read_model_config(tmp_path / "demo" / "models" / "organ").train
+    assert (organ.epochs, organ.poly_horizon_epochs, organ.seed) == (3, 3, 1)
     report = result.report.read_text()
     for heading in ("Table 4 (paper mode)", "Table 4 (fast mode)", "Table 5 (fast mode)", "Figures (fast mode)", "Training curves"):
         assert heading in report
@@ -22,6 +25,9 @@ def test_tiny_demo_end_to_end(tmp_path):
         assert 0.0 <= result.organ_dsc[mode] <= 1.0
     saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())
     assert saved["organ_dsc"]["fast"] == pytest.approx(result.organ_dsc["fast"])
+    # A second run in the same folder resumes the trained models instead of failing on their settings.
+    again = run_demo(tmp_path / "demo", config=config, progress=False)
+    assert again.report.is_file()
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ import torch
 
 from flareseg.augment import build_augmentation, build_patch_sampler, pad_widths
 from flareseg.cache import CaseCache, SourceCase, sample_locations
+from flareseg.cli import main
 from flareseg.config import FINE_TUNE_LR, AugmentConfig, Fingerprint, PreprocessConfig, TrainConfig
 from flareseg.errors import ConfigError, InputError
 from flareseg.io import Volume, write_volume
@@ -409,6 +410,17 @@ def test_fine_tuning_starts_from_the_given_weights_with_the_fine_tune_rate(prepa
     assert rows[0]["train_loss"] < 0.5 * (first[0]["train_loss"] + first[-1]["train_loss"])
     with pytest.raises(ConfigError, match="organ model"):
         train(prepared, tmp_path / "wrong", task="tumor", init_from=trained, epochs=1, progress=False)
+
+
+def test_cli_fine_tuning_with_its_own_rate_and_schedule(prepared, trained, tmp_path):
+    out = tmp_path / "longer"
+    args = ["--quiet", "train", "--task", "organ", "--prepared", str(prepared), "--out", str(out), "--init-from", str(trained),
+            "--epochs", "2", "--lr", "2e-3", "--lr-horizon", "4", "--iterations", "2"]
+    assert main(args) == 0
+    cfg = read_model_config(out).train
+    assert (cfg.epochs, cfg.learning_rate, cfg.poly_horizon_epochs, cfg.iterations_per_epoch) == (2, 2e-3, 4, 2)
+    rows = read_log(out / LOG_FILE)
+    assert [r["lr"] for r in rows] == pytest.approx([2e-3, 2e-3 * 0.75**0.9])
 
 
 def test_time_budget_stops_gracefully_with_a_valid_folder(prepared, tmp_path):

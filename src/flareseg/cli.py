@@ -57,6 +57,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["train.learning_rate"] = args.lr
     if args.iterations is not None:
         overrides["train.iterations_per_epoch"] = args.iterations
+    if args.lr_horizon is not None:
+        overrides["train.poly_horizon_epochs"] = args.lr_horizon
     folder = train(
         args.prepared,
         args.out,
@@ -166,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="total epochs (default: the preset's)")
     p.add_argument("--iterations", type=int, help="iterations per epoch (default: the preset's)")
     p.add_argument("--lr", type=float, help="initial learning rate (default: the preset's)")
+    p.add_argument("--lr-horizon", type=int, metavar="EPOCHS", help="epochs over which the poly schedule decays the lr to 0 (default: the preset's)")
     p.add_argument("--max-minutes", type=float, help="stop after this wall time, leaving a resumable model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
     p.add_argument("--init-from", type=Path, help="fine-tune from this model folder (lr 5e-5, 40 epochs)")
