@@ -23,7 +23,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import dice, make_ct  # noqa: E402
+from bench_inference import make_ct  # noqa: E402
+
+from flareseg.metrics import dice  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

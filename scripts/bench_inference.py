@@ -35,6 +35,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: spinning
 
 import numpy as np
 
+from flareseg.metrics import dice
+
 STAGES = ("load", "read", "preprocess", "roi", "organ", "tumor", "postprocess", "restore", "write", "total")
 
 
@@ -43,14 +45,9 @@ def make_ct(shape: tuple[int, int, int], spacing: tuple[float, float, float], se
     """A synthetic abdominal CT of exactly `shape` (flareseg.synthetic's phantom, slices cropped or
     repeated at the ends to the requested count) and its label map."""
     from flareseg.io import Volume
+    from flareseg.synthetic import synthesize_case
 
-    try:
-        from flareseg.synthetic import synthesize_case
-
-        image, label, _ = synthesize_case(seed, size="full", lesions=3, fov_cut=False, orientation="LPS", spacing=(spacing[0], spacing[2]))
-    except Exception as exc:  # the phantom module is optional for this script
-        print(f"(flareseg.synthetic unavailable: {exc}; using a plain ellipsoid phantom)", file=sys.stderr)
-        return _plain_ct(shape, spacing)
+    image, label, _ = synthesize_case(seed, size="full", lesions=3, fov_cut=False, orientation="LPS", spacing=(spacing[0], spacing[2]))
     if image.array.shape[2] < shape[2]:
         print(f"(the phantom has {image.array.shape[2]} slices at {spacing[2]} mm; the other {shape[2] - image.array.shape[2]} repeat its "
               "end slices: not anatomy, so Dice figures there mean little)", file=sys.stderr)
@@ -74,19 +71,6 @@ def _fit_axis(array: np.ndarray, n: int, axis: int) -> np.ndarray:
         pad[axis] = (before, n - size - before)
         return np.pad(array, pad, mode="edge")
     return array
-
-
-def _plain_ct(shape, spacing):
-    from flareseg.io import Volume
-
-    idx = [np.arange(s, dtype=np.float32) for s in shape]
-    x = (idx[0][:, None] - shape[0] / 2) / (shape[0] * 0.4)
-    y = (idx[1][None, :] - shape[1] / 2) / (shape[1] * 0.3)
-    body2d = x**2 + y**2 < 1
-    image = np.where(body2d[..., None], np.int16(40), np.int16(-1000)).repeat(shape[2], axis=2)
-    image += np.random.default_rng(0).integers(-20, 20, size=shape, dtype=np.int16)
-    label = np.zeros(shape, dtype=np.uint8)
-    return Volume(image, spacing, (0.0, 0.0, 0.0), np.eye(3)), Volume(label, spacing, (0.0, 0.0, 0.0), np.eye(3))
 
 
 def random_models(folder: Path, preset: str) -> tuple[Path, Path]:
@@ -145,11 +129,6 @@ def run_worker(args: argparse.Namespace, mode: str, image: Path, output: Path, o
 
 
 # ------------------------------------------------------------------------------------------ figures
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = int(a.sum()) + int(b.sum())
-    return 1.0 if s == 0 else 2.0 * int(np.logical_and(a, b).sum()) / s
-
-
 def agreement(pred: np.ndarray, ref: np.ndarray, min_voxels: int = 1000) -> dict[int, float]:
     """Dice per label id present in `ref` with more than `min_voxels` voxels."""
     counts = np.bincount(ref.ravel(), minlength=15)

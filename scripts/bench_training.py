@@ -82,7 +82,8 @@ def _time_data(prepared: str, preset, task: str, batches: int = 20) -> float:
     from torch.utils.data import DataLoader
 
     from flareseg.cache import CACHE_DIRNAME, CaseCache
-    from flareseg.training import PatchStream, load_training_data, pad_value_of
+    from flareseg.preprocessing import pad_value_of
+    from flareseg.training import PatchStream, load_training_data
 
     data = load_training_data(prepared, task)
     cache = CaseCache(Path(prepared) / CACHE_DIRNAME, preset.preprocess, data.fingerprint)

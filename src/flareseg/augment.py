@@ -77,20 +77,14 @@ def build_augmentation(cfg: AugmentConfig) -> Compose:
     )
 
 
-def build_patch_sampler(cfg: TrainConfig, *, use_indices: bool = True) -> RandCropByPosNegLabeld:
+def build_patch_sampler(cfg: TrainConfig) -> RandCropByPosNegLabeld:
     """``cfg.samples_per_image`` patches of ``cfg.patch_size`` per image, a fraction ``cfg.pos_fraction``
     centred on foreground.
 
-    With ``use_indices`` the candidate centres are read from the dictionary's ``"fg_indices"`` and
-    ``"bg_indices"`` (flat indices into the label's spatial shape, see :mod:`flareseg.cache`) instead
-    of being searched in the label each time. The image must be at least the patch size along every
-    axis (pad it first).
-
-    Raises:
-        ConfigError: ``pos_fraction`` outside [0, 1].
+    The candidate centres are read from the dictionary's ``"fg_indices"`` and ``"bg_indices"`` (flat
+    indices into the label's spatial shape, see :mod:`flareseg.cache`) instead of being searched in
+    the label each time. The image must be at least the patch size along every axis (pad it first).
     """
-    if not 0.0 <= cfg.pos_fraction <= 1.0:
-        raise ConfigError(f"train.pos_fraction must lie in [0, 1], got {cfg.pos_fraction}")
     pos, neg = float(cfg.pos_fraction), 1.0 - float(cfg.pos_fraction)
     return RandCropByPosNegLabeld(
         keys=KEYS,
@@ -99,16 +93,10 @@ def build_patch_sampler(cfg: TrainConfig, *, use_indices: bool = True) -> RandCr
         pos=pos,
         neg=neg,
         num_samples=cfg.samples_per_image,
-        fg_indices_key=FG_INDICES_KEY if use_indices else None,
-        bg_indices_key=BG_INDICES_KEY if use_indices else None,
+        fg_indices_key=FG_INDICES_KEY,
+        bg_indices_key=BG_INDICES_KEY,
         allow_missing_keys=False,
     )
-
-
-def build_train_transforms(cfg: TrainConfig, *, use_indices: bool = True) -> Compose:
-    """Patch sampling followed by the augmentations: one image dictionary in, a list of
-    ``cfg.samples_per_image`` patch dictionaries out."""
-    return Compose([build_patch_sampler(cfg, use_indices=use_indices), build_augmentation(cfg.augment)])
 
 
 def pad_widths(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, int]]:

@@ -9,6 +9,7 @@ import argparse
 import logging
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from . import __version__
@@ -85,10 +86,10 @@ def _inference_config(args: argparse.Namespace):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .pipeline import TwoStepPredictor
+    from .pipeline import TwoStepPredictor, is_single_series
 
     predictor = TwoStepPredictor(args.organ_model, args.tumor_model, config=_inference_config(args), device=args.device)
-    if args.input.is_dir() and not _is_dicom_folder(args.input):
+    if args.input.is_dir() and not is_single_series(args.input):
         report = predictor.predict_folder(args.input, args.output, overwrite=args.overwrite, progress=not args.quiet)
         print(report.summary())
         return 0 if report.ok else EXIT_INPUT_ERROR
@@ -100,22 +101,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _is_dicom_folder(folder: Path) -> bool:
-    from .pipeline import find_cases
-
-    cases = find_cases(folder)
-    return len(cases) == 1 and cases[0].path == folder
-
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .efficiency import benchmark_cases, efficiency_table
-    from .pipeline import TwoStepPredictor, find_cases
+    from .pipeline import find_cases, predict_case
 
-    config = _inference_config(args)
-
-    def predict_one(image: Path, output: Path) -> None:
-        # Model loading is part of each measured case, as the FLARE efficiency rules ask.
-        TwoStepPredictor(args.organ_model, args.tumor_model, config=config, device=args.device).predict(image, output)
+    # predict_case loads the models inside each measured case, as the FLARE efficiency rules ask.
+    predict_one = partial(predict_case, organ_model=args.organ_model, tumor_model=args.tumor_model, config=_inference_config(args), device=args.device)
 
     measurements = benchmark_cases([c.path for c in find_cases(args.input)], predict_one, args.out, progress=not args.quiet)
     print(efficiency_table(measurements))

@@ -48,9 +48,11 @@ class CaseRecord:
 
 
 def case_name(image_path: Path) -> str:
-    """'FLARE23_0001_0000.nii.gz' -> 'FLARE23_0001' (the channel suffix of nnU-Net naming dropped)."""
+    """'FLARE23_0001_0000.nii.gz' -> 'FLARE23_0001' (the channel suffix of nnU-Net naming dropped); other names lose only their suffix."""
     stem = strip_image_suffix(image_path.name)
-    return stem[: -len(IMAGE_CHANNEL_SUFFIX)] if stem.endswith(IMAGE_CHANNEL_SUFFIX) else stem
+    if stem.endswith(IMAGE_CHANNEL_SUFFIX) and len(stem) > len(IMAGE_CHANNEL_SUFFIX):
+        return stem[: -len(IMAGE_CHANNEL_SUFFIX)]
+    return stem
 
 
 def regime_of(labels_present: set[int]) -> str:

@@ -12,15 +12,17 @@ import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 from .dataset import prepare_cohort
-from .efficiency import benchmark_cases, efficiency_table
+from .efficiency import benchmark_cases, efficiency_table, medians
 from .evaluate import evaluate_folder, summary_markdown
-from .io import read_image, read_label
-from .pipeline import InferenceConfig, TwoStepPredictor, find_cases
+from .io import atomic_write_text, read_image, read_json, read_label
+from .labels import LESION
+from .pipeline import InferenceConfig, find_cases, predict_case
 from .report import best_and_worst, overlay_figure, write_report
-from .synthetic import SynthConfig, generate_cohort
+from .synthetic import MANIFEST_NAME, SynthConfig, generate_cohort
 from .training import train
 
 log = logging.getLogger(__name__)
@@ -75,7 +77,8 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig = DemoConfig(), device: 
     cohort, prepared, models = out / "cohort", out / "prepared", out / "models"
 
     _stage(f"1/6 synthesising {config.cases} training + {config.val_cases} validation phantoms")
-    if not (cohort / "synth_manifest.json").exists() or not json.loads((cohort / "synth_manifest.json").read_text()).get("complete"):
+    synth_manifest = cohort / MANIFEST_NAME
+    if not synth_manifest.exists() or not read_json(synth_manifest).get("complete"):
         generate_cohort(cohort, SynthConfig(cases=config.cases, val_cases=config.val_cases, seed=config.seed, size="small"), progress=progress)
 
     _stage("2/6 preparing: the paper's training-set selection and 8:2 split")
@@ -95,35 +98,23 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig = DemoConfig(), device: 
     images = [c.path for c in find_cases(cohort / "imagesVal")]
     summaries, efficiency = {}, {}
     for mode in MODES:
-        inference = InferenceConfig.for_mode(mode)
-
-        def predict_one(image: Path, output: Path, inference: InferenceConfig = inference) -> None:
-            # Model loading is inside the measured call, as the FLARE efficiency rules ask.
-            TwoStepPredictor(models / "organ", models / "tumor", config=inference, device=device).predict(image, output)
-
+        # predict_case loads the models inside the measured call, as the FLARE efficiency rules ask.
+        predict_one = partial(predict_case, organ_model=models / "organ", tumor_model=models / "tumor", config=InferenceConfig.for_mode(mode), device=device)
         efficiency[mode] = benchmark_cases(images, predict_one, out / f"predict_{mode}", progress=progress)
         summaries[mode] = evaluate_folder(out / f"predict_{mode}" / "predictions", cohort / "labelsVal", out / f"eval_{mode}", progress=progress)
 
     _stage("6/6 writing the report")
     report = _write_demo_report(out, cohort, models, summaries, efficiency)
-    medians = {mode: _median([m.wall_time_s for m in efficiency[mode] if m.ok]) for mode in MODES}
+    median_times = {mode: medians(efficiency[mode])["wall_time_s"] for mode in MODES}
     result = DemoResult(
         report=report,
         organ_dsc={mode: summaries[mode].organ_dsc for mode in MODES},
         lesion_dsc={mode: summaries[mode].lesion_dsc for mode in MODES},
-        median_seconds=medians,
+        median_seconds={mode: float("nan") if t is None else t for mode, t in median_times.items()},
         total_minutes=(time.perf_counter() - start) / 60,
     )
-    (out / "demo_result.json").write_text(json.dumps(asdict(result), indent=2, default=str))
+    atomic_write_text(out / "demo_result.json", json.dumps(asdict(result), indent=2, default=str))
     return result
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    n = len(ordered)
-    if n == 0:
-        return float("nan")
-    return ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
 
 
 def _write_demo_report(out: Path, cohort: Path, models: Path, summaries: dict, efficiency: dict) -> Path:
@@ -137,7 +128,7 @@ def _write_demo_report(out: Path, cohort: Path, models: Path, summaries: dict, e
     for mode in MODES:
         per_case: dict[str, list[float]] = {}
         for row in summaries[mode].rows:
-            if row.label != 14:
+            if row.label != LESION:
                 per_case.setdefault(row.case, []).append(row.dsc)
         scores = {case: sum(v) / len(v) for case, v in per_case.items()}
         best, worst = best_and_worst(scores, k=1)

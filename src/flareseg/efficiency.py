@@ -34,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import psutil
 
+from .dataset import case_name
 from .errors import InputError
 from .io import atomic_write_text, save_figure
 
@@ -541,14 +542,6 @@ def _torch_peak_mib() -> float | None:
 
 # --------------------------------------------------------------------------------------------------
 # A folder of cases
-
-
-def case_name(path: Path) -> str:
-    """FLARE case name of an image path: 'FLARE23_0001_0000.nii.gz' -> 'FLARE23_0001'."""
-    from .io import strip_image_suffix
-
-    name = strip_image_suffix(Path(path).name)
-    return name[: -len("_0000")] if name.endswith("_0000") else name
 
 
 def image_size(path: Path) -> tuple[tuple[int, ...], tuple[float, ...]] | None:

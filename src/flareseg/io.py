@@ -9,17 +9,19 @@ physical geometry in ITK's LPS convention: ``spacing`` in mm per index axis, ``o
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
 import tempfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import GeometryError, InputError
+from .errors import FlaresegError, GeometryError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -365,3 +367,11 @@ def write_label(label: np.ndarray, reference: Volume, path: str | os.PathLike) -
     if label.shape != reference.shape:
         raise GeometryError(f"{path}: label shape {label.shape} differs from the reference image's {reference.shape}")
     return write_volume(reference.with_array(label.astype(np.uint8)), path)
+
+
+def read_json(path: Path, error: type[FlaresegError] = InputError) -> Any:
+    """Parse a JSON file; invalid JSON raises `error` naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: invalid JSON: {exc}") from None

@@ -28,7 +28,7 @@ from .config import (
     to_dict,
 )
 from .errors import ConfigError, ModelFolderError
-from .io import atomic_write_bytes, publish
+from .io import atomic_write_bytes, publish, read_json
 from .labels import LESION, NUM_ORGAN_CHANNELS
 
 CONFIG_FILE = "config.json"
@@ -155,10 +155,7 @@ def read_model_config(folder: str | os.PathLike) -> ModelConfig:
         raise ModelFolderError(f"{folder}: model folder not found")
     if not path.is_file():
         raise ModelFolderError(f"{folder}: not a flareseg model folder (no {CONFIG_FILE})")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFolderError(f"{path}: invalid JSON: {exc}") from None
+    data = read_json(path, ModelFolderError)
     try:
         return ModelConfig.from_json_dict(data)
     except ConfigError as exc:

@@ -25,7 +25,6 @@ cascade configuration (which needs a low-resolution segmentation as input) is no
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 from pathlib import Path
@@ -37,6 +36,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet, Resi
 
 from .config import Fingerprint, NetworkConfig, PreprocessConfig, TrainConfig
 from .errors import ModelFolderError
+from .io import read_json
 from .labels import LESION, NUM_ORGAN_CHANNELS
 from .model import ModelConfig
 
@@ -72,7 +72,7 @@ NUMPY_DATA_GLOBALS = [
     np.dtype,
     (_NUMPY_SCALAR, "numpy.core.multiarray.scalar"),
     (_NUMPY_SCALAR, "numpy._core.multiarray.scalar"),
-    *(getattr(np.dtypes, name) for name in getattr(np, "dtypes", np).__dict__.get("__all__", ())),
+    *(getattr(np.dtypes, name) for name in np.dtypes.__all__),
 ]
 """Data-only numpy globals found in nnU-Net checkpoints (its log holds numpy floats): np.dtype, its
 per-type classes (numpy >= 1.25) and numpy's scalar constructor, under the numpy 1 and 2 module names."""
@@ -102,9 +102,8 @@ def find_checkpoint(folder: str | os.PathLike) -> tuple[Path, Path]:
         folds = sorted(p for p in root.glob("fold_*") if p.is_dir())
         if not folds:
             raise ModelFolderError(f"{root}: nnU-Net model folder without any fold_* folder")
-        named = {p.name: p for p in folds}
-        if "fold_all" in named:
-            fold = named["fold_all"]
+        if (root / "fold_all").is_dir():
+            fold = root / "fold_all"
         elif len(folds) == 1:
             fold = folds[0]
         else:
@@ -138,10 +137,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFolderError(f"{path.parent}: nnU-Net model folder without {path.name}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelFolderError(f"{path}: invalid JSON: {exc}") from None
+    return read_json(path, ModelFolderError)
 
 
 def configuration(plans: dict[str, Any], name: str, *, source: Path) -> dict[str, Any]:

@@ -46,7 +46,8 @@ import torch
 
 from .config import to_dict
 from .errors import ConfigError, InputError
-from .io import IMAGE_SUFFIXES, Volume, read_image, strip_image_suffix, write_label
+from .dataset import case_name
+from .io import IMAGE_SUFFIXES, Volume, is_image_path, read_image, strip_image_suffix, write_label
 from .labels import LESION_HOST_IDS, NUM_ORGAN_CHANNELS, NUM_TUMOR_CHANNELS, ORGAN_IDS
 from .merge import merge_labels
 from .postprocess import DEFAULT as DEFAULT_POSTPROCESS
@@ -56,6 +57,7 @@ from .predictor import ModelPredictor, downsample, resolve_device
 from .preprocessing import Grid, PreprocessRecord, preprocess_case, restore_label
 from .roi import (
     Box,
+    box_shape,
     ensure_min_size,
     expand_box,
     full_box,
@@ -68,12 +70,11 @@ from .roi import (
     scale_box,
     slices_for_extent,
 )
-from .sliding_window import PRECISIONS, count_tiles, mirror_combinations
+from .sliding_window import PRECISIONS, mirror_combinations
 
 log = logging.getLogger(__name__)
 
 MODES: tuple[str, ...] = ("fast", "accurate", "paper")
-FLARE_CHANNEL_SUFFIX = "_0000"
 """FLARE image names end in the channel index: ``<case>_0000.nii.gz`` -> output ``<case>.nii.gz``."""
 OUTPUT_SUFFIX = ".nii.gz"
 
@@ -422,7 +423,7 @@ class TwoStepPredictor:
         report.organ_box = organ_box
 
         with timer.stage("organ"):
-            report.tiles["organ"] = organ.count_tiles(_box_shape(organ_box), cfg.step, cfg.mirror)
+            report.tiles["organ"] = organ.count_tiles(box_shape(organ_box), cfg.step, cfg.mirror)
             organ_label = organ.predict_labels(
                 img_o, box=organ_box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision,
                 tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: organ",
@@ -437,7 +438,7 @@ class TwoStepPredictor:
                 if tumor_box is None:
                     tumor_label = np.zeros(img_t.shape, dtype=np.uint8)
                 else:
-                    report.tiles["tumor"] = tumor.count_tiles(_box_shape(tumor_box), cfg.step, cfg.mirror)
+                    report.tiles["tumor"] = tumor.count_tiles(box_shape(tumor_box), cfg.step, cfg.mirror)
                     tumor_label = tumor.predict_labels(
                         img_t, box=tumor_box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision,
                         tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: tumor",
@@ -589,10 +590,6 @@ class TwoStepPredictor:
         return batch
 
 
-def _box_shape(box: Box) -> tuple[int, int, int]:
-    return tuple(b - a for a, b in box)  # type: ignore[return-value]
-
-
 def _remove_stale_temporaries(output_path: Path) -> None:
     """Delete temporary files an interrupted write of `output_path` may have left (io.write_volume's naming)."""
     if output_path.parent.is_dir():
@@ -608,12 +605,13 @@ def _is_dicom_folder(folder: Path) -> bool:
         return False
 
 
-def case_name(path: Path) -> str:
-    """FLARE naming: ``<case>_0000.nii.gz`` -> ``<case>``; other names lose only their suffix."""
-    name = strip_image_suffix(path.name)
-    if name.endswith(FLARE_CHANNEL_SUFFIX) and len(name) > len(FLARE_CHANNEL_SUFFIX):
-        name = name[: -len(FLARE_CHANNEL_SUFFIX)]
-    return name
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image_path(p) and not p.name.startswith("."))
+
+
+def is_single_series(folder: Path) -> bool:
+    """True when `folder` is itself one DICOM series (and holds no image file): one case, not a batch."""
+    return not _image_files(folder) and _is_dicom_folder(folder)
 
 
 def find_cases(input_dir: str | os.PathLike) -> list[CaseInput]:
@@ -629,10 +627,10 @@ def find_cases(input_dir: str | os.PathLike) -> list[CaseInput]:
     input_dir = Path(input_dir)
     if not input_dir.is_dir():
         raise InputError(f"{input_dir}: input folder not found")
-    files = sorted(p for p in input_dir.iterdir() if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES))
-    folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not files and _is_dicom_folder(input_dir):
+    if is_single_series(input_dir):
         return [CaseInput(input_dir.name, input_dir)]
+    files = _image_files(input_dir)
+    folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     cases = [CaseInput(case_name(p), p) for p in files]
     cases += [CaseInput(p.name, p) for p in folders if _is_dicom_folder(p)]
     if not cases:

@@ -112,10 +112,14 @@ def keep_largest_component(label: np.ndarray, ids: Iterable[int] = SINGLE_BODY_I
     return filter_components(label, largest_only=ids, connectivity=connectivity)
 
 
+def min_voxels_for(min_ml: float, spacing: Sequence[float]) -> int:
+    """The fewest voxels of `spacing` (mm) that hold at least `min_ml` millilitres (0 for no minimum)."""
+    return int(np.ceil(min_ml / voxel_volume_ml(spacing) - 1e-9)) if min_ml > 0 else 0
+
+
 def remove_small_islands(label: np.ndarray, min_ml: float, spacing: Sequence[float], *, connectivity: int = 26) -> np.ndarray:
     """Remove every connected component (any foreground label) whose volume is below `min_ml` millilitres."""
-    min_voxels = int(np.ceil(min_ml / voxel_volume_ml(spacing) - 1e-9)) if min_ml > 0 else 0
-    return filter_components(label, min_voxels=min_voxels, connectivity=connectivity)
+    return filter_components(label, min_voxels=min_voxels_for(min_ml, spacing), connectivity=connectivity)
 
 
 def fill_holes(label: np.ndarray, ids: Iterable[int] = ALL_FOREGROUND_IDS) -> np.ndarray:
@@ -146,10 +150,9 @@ def postprocess(label: np.ndarray, spacing: Sequence[float], config: Postprocess
     """
     out = label
     if config.min_island_ml > 0 or config.largest_component:
-        min_voxels = int(np.ceil(config.min_island_ml / voxel_volume_ml(spacing) - 1e-9)) if config.min_island_ml > 0 else 0
         out = filter_components(
             out,
-            min_voxels=min_voxels,
+            min_voxels=min_voxels_for(config.min_island_ml, spacing),
             largest_only=config.single_body_ids if config.largest_component else (),
             connectivity=config.connectivity,
         )

@@ -18,10 +18,9 @@ import torch
 
 from .config import Fingerprint, PreprocessConfig
 from .errors import ConfigError
-from .io import Volume
 from .model import ModelConfig, load_model
 from .nnunet import is_nnunet_folder, load_nnunet_model
-from .preprocessing import PreprocessedCase, normalize, preprocess_case, restore_label
+from .preprocessing import normalize, pad_value_of
 from .roi import Box, box_slices, full_box, is_empty
 from .sliding_window import count_tiles, network_predictor, sliding_window_argmax
 
@@ -79,10 +78,6 @@ class ModelPredictor:
         return f"ModelPredictor({self.config.task}, preset {self.config.preset!r}{where}, on {self.device})"
 
     @property
-    def task(self) -> str:
-        return self.config.task
-
-    @property
     def patch_size(self) -> tuple[int, int, int]:
         return tuple(int(p) for p in self.config.train.patch_size)  # type: ignore[return-value]
 
@@ -99,18 +94,9 @@ class ModelPredictor:
         return tuple(self.config.preprocess.target_spacing)  # type: ignore[return-value]
 
     @property
-    def channel_labels(self) -> tuple[int, ...]:
-        return tuple(self.config.channel_labels)
-
-    @property
     def pad_value(self) -> float:
         """The normalised intensity of air (the fingerprint's lower clip bound): what tiles are padded with."""
-        fp = self.config.fingerprint
-        return (fp.percentile_00_5 - fp.mean) / fp.std
-
-    def preprocess(self, image: Volume) -> PreprocessedCase:
-        """Reorient, body-crop, resample to the model's spacing and normalise with its fingerprint."""
-        return preprocess_case(image, config=self.config.preprocess, fingerprint=self.config.fingerprint)
+        return pad_value_of(self.config.fingerprint)
 
     def normalize(self, hu: np.ndarray) -> np.ndarray:
         """Normalise a network-grid image in HU with this model's fingerprint."""
@@ -164,12 +150,6 @@ class ModelPredictor:
         )
         out[box_slices(box)] = self._lookup[index]
         return out
-
-    def predict_volume(self, image: Volume, *, step: float = 0.5, mirror: Sequence[int] = (), precision: str = "auto") -> np.ndarray:
-        """One-model prediction of a CT: preprocess, predict the whole grid, restore to `image`'s grid (uint8)."""
-        case = self.preprocess(image)
-        label = self.predict_labels(case.image, step=step, mirror=mirror, precision=precision)
-        return restore_label(label, case.record)
 
 
 def downsample(image: np.ndarray, factor: float) -> np.ndarray:

@@ -201,6 +201,11 @@ def normalize(array: np.ndarray, fingerprint: Fingerprint) -> np.ndarray:
     return out
 
 
+def pad_value_of(fingerprint: Fingerprint) -> float:
+    """The normalised intensity of air (the fingerprint's lower clip bound after :func:`normalize`): what images are padded with."""
+    return (fingerprint.percentile_00_5 - fingerprint.mean) / fingerprint.std
+
+
 def sample_foreground(image: np.ndarray, label: np.ndarray, *, n: int = FINGERPRINT_SAMPLES_PER_CASE, seed: int = 0) -> np.ndarray:
     """Up to `n` HU values drawn at random from the voxels where `label` > 0 (1-D float32)."""
     values = image[label > 0]

@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io as _io
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -61,9 +61,11 @@ from .config import (
     from_dict,
     get_preset,
 )
+from .dataset import MANIFEST_FILE
 from .errors import ConfigError, InputError, ModelFolderError
-from .io import atomic_write_bytes
+from .io import atomic_write_bytes, read_json, save_figure
 from .labels import LESION, ORGAN_IDS, name_of
+from .preprocessing import pad_value_of
 from .model import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -77,7 +79,6 @@ from .model import (
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
 LAST_WEIGHTS_FILE = "model_last.safetensors"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 LOG_FILE = "train_log.jsonl"
@@ -173,10 +174,7 @@ def load_training_data(prepared_dir: str | os.PathLike, task: str) -> TrainingDa
     path = prepared_dir / MANIFEST_FILE
     if not path.is_file():
         raise InputError(f"{prepared_dir}: no {MANIFEST_FILE}; run `flareseg prepare` first")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON: {exc}") from None
+    manifest = read_json(path)
     if task not in TASKS:
         raise ConfigError(f"unknown task {task!r}; choose 'organ' or 'tumor'")
     if not manifest.get("fingerprint"):
@@ -281,8 +279,8 @@ def _centre_candidates(case: CachedCase, task: str, rng: np.random.Generator) ->
     bg_pool, bg_values = flat[bg_mask], ids[bg_mask]
     if len(bg_pool):
         # Each stored location stands for count/stored voxels of its label: weight by that to be uniform.
-        stored = {int(v): int(n) for v, n in zip(*np.unique(bg_values, return_counts=True))}
-        weights = np.array([case.counts.get(int(v), 1) / stored[int(v)] for v in bg_values], dtype=float)
+        values, inverse, stored = np.unique(bg_values, return_inverse=True, return_counts=True)
+        weights = (np.array([case.counts.get(int(v), 1) for v in values], dtype=float) / stored)[inverse]
         bg = rng.choice(bg_pool, size=BG_CENTRES, replace=True, p=weights / weights.sum())
     else:
         bg = np.zeros(0, dtype=np.int64)
@@ -398,11 +396,6 @@ class PatchStream(IterableDataset):
             )
 
 
-def pad_value_of(fingerprint: Fingerprint) -> float:
-    """The normalised intensity of air (the lower clip bound), used to pad images."""
-    return (fingerprint.percentile_00_5 - fingerprint.mean) / fingerprint.std
-
-
 # --------------------------------------------------------------------------- validation
 
 
@@ -442,7 +435,7 @@ def validate(
     from monai.inferers import sliding_window_inference
 
     lut = target_lut(task)
-    num_classes = 14 if task == "organ" else 2
+    num_classes = len(channel_labels_for(task))
     rows = []
     was_training = network.training
     network.eval()
@@ -583,9 +576,7 @@ def write_training_curve(rows: Sequence[Mapping[str, Any]], path: Path, *, title
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    buf = _io.BytesIO()
-    fig.savefig(buf, format="png")
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)
 
 
 def _remove_stale_temporaries(out_dir: Path) -> None:
@@ -962,8 +953,9 @@ def _run(
                 autocast = torch.autocast(device_type="cuda", dtype=runtime.amp_dtype) if runtime.amp_dtype else contextlib.nullcontext()
                 with autocast:
                     loss = _compute_loss(loss_fn, network(image), target)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"epoch {epoch}: the loss became {loss.item()} (lower the learning rate?)")
+                value = float(loss.detach())  # the step's one device sync: checked, then logged
+                if not math.isfinite(value):
+                    raise FloatingPointError(f"epoch {epoch}: the loss became {value} (lower the learning rate?)")
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -971,7 +963,7 @@ def _run(
                 else:
                     loss.backward()
                     optimizer.step()
-                losses.append(float(loss.detach()))
+                losses.append(value)
                 bar.update()
                 bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}", refresh=False)
             del iterator, loader
