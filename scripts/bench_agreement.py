@@ -25,7 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_inference import make_ct  # noqa: E402
 
-from flareseg.metrics import dice  # noqa: E402
+from flareseg.evaluation.metrics import dice  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from flareseg.labels import BY_ID, ORGAN_IDS
-    from flareseg.pipeline import InferenceConfig, TwoStepPredictor
+    from flareseg.inference import InferenceConfig, TwoStepPredictor
 
     image, truth = make_ct(tuple(args.shape), tuple(args.spacing))
     settings = {

@@ -35,17 +35,17 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does: spinning
 
 import numpy as np
 
-from flareseg.metrics import dice
+from flareseg.evaluation.metrics import dice
 
 STAGES = ("load", "read", "preprocess", "roi", "organ", "tumor", "postprocess", "restore", "write", "total")
 
 
 # ------------------------------------------------------------------------------------------ inputs
 def make_ct(shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int = 0):
-    """A synthetic abdominal CT of exactly `shape` (flareseg.synthetic's phantom, slices cropped or
+    """A synthetic abdominal CT of exactly `shape` (flareseg.data.synthetic's phantom, slices cropped or
     repeated at the ends to the requested count) and its label map."""
     from flareseg.io import Volume
-    from flareseg.synthetic import synthesize_case
+    from flareseg.data.synthetic import synthesize_case
 
     image, label, _ = synthesize_case(seed, size="full", lesions=3, fov_cut=False, orientation="LPS", spacing=(spacing[0], spacing[2]))
     if image.array.shape[2] < shape[2]:
@@ -78,7 +78,8 @@ def random_models(folder: Path, preset: str) -> tuple[Path, Path]:
     import torch
 
     from flareseg.config import Fingerprint, get_preset
-    from flareseg.model import WEIGHTS_FILE, ModelConfig, build_network, channel_labels_for, save_tensors, write_model_config
+    from flareseg.model.folder import WEIGHTS_FILE, ModelConfig, channel_labels_for, save_tensors, write_model_config
+    from flareseg.model.network import build_network
 
     out = []
     for seed, task in enumerate(("organ", "tumor")):
@@ -104,7 +105,7 @@ def worker(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from flareseg.pipeline import InferenceConfig, predict_case
+    from flareseg.inference import InferenceConfig, predict_case
 
     config = InferenceConfig.for_mode(args.mode, **json.loads(args.overrides))
     report = predict_case(args.input, args.output, organ_model=args.organ_model, tumor_model=args.tumor_model, config=config, device=args.device)

@@ -34,8 +34,8 @@ def _worker(preset: str, task: str, warmup: int, repeats: int, threads: int | No
     if threads:
         torch.set_num_threads(threads)
     from flareseg.config import get_preset
-    from flareseg.model import build_network, count_parameters
-    from flareseg.training import _compute_loss, _loss_fn
+    from flareseg.model.network import build_network, count_parameters
+    from flareseg.training.loop import _compute_loss, _loss_fn
 
     p = get_preset(preset, task)
     network = build_network(p.network).train()
@@ -81,9 +81,9 @@ def _time_data(prepared: str, preset, task: str, batches: int = 20) -> float:
 
     from torch.utils.data import DataLoader
 
-    from flareseg.cache import CACHE_DIRNAME, CaseCache
-    from flareseg.preprocessing import pad_value_of
-    from flareseg.training import PatchStream, load_training_data
+    from flareseg.data.cache import CACHE_DIRNAME, CaseCache
+    from flareseg.transforms.preprocessing import pad_value_of
+    from flareseg.training.loop import PatchStream, load_training_data
 
     data = load_training_data(prepared, task)
     cache = CaseCache(Path(prepared) / CACHE_DIRNAME, preset.preprocess, data.fingerprint)

@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from flareseg.dataset import case_name, prepare_cohort, regime_of, split_cases
+from flareseg.data.cohort import prepare_cohort, regime_of, split_cases
+from flareseg.io import case_name
 from flareseg.errors import InputError
 from flareseg.io import Volume, write_volume
 from flareseg.labels import LESION, ORGAN_IDS
@@ -106,7 +107,7 @@ def test_cli_prepare(cohort, tmp_path):
 
 
 def test_synth_then_prepare_counts_match_and_truncated_case_is_named(tmp_path):
-    from flareseg.synthetic import SynthConfig, generate_cohort, regime_counts
+    from flareseg.data.synthetic import SynthConfig, generate_cohort, regime_counts
 
     config = SynthConfig(cases=10, val_cases=1, seed=5, size="small", proportions={"full": 0.4, "lesion": 0.2, "partial": 0.2, "none": 0.2})
     generate_cohort(tmp_path / "cohort", config, progress=False)

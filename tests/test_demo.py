@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from flareseg.demo import DemoConfig, run_demo
-from flareseg.model import read_model_config
+from flareseg.model.folder import read_model_config
 
 
 def test_tiny_demo_end_to_end(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of flareseg.evaluate: folder evaluation on tiny NIfTI files, the written tables, errors."""
+"""Tests of flareseg.evaluation.evaluate: folder evaluation on tiny NIfTI files, the written tables, errors."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from flareseg import evaluate, metrics
+import flareseg.evaluation.evaluate as evaluate
+import flareseg.evaluation.metrics as metrics
 from flareseg.errors import GeometryError, InputError
-from flareseg.evaluate import CaseScore, evaluate_folder, summarize, summary_markdown
+from flareseg.evaluation.evaluate import CaseScore, evaluate_folder, summarize, summary_markdown
 from flareseg.labels import AORTA, LESION, LIVER, ORGAN_IDS, SPLEEN
 
 SPACING = (0.8, 0.8, 2.5)

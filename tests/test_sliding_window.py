@@ -6,9 +6,11 @@ import torch
 
 from flareseg.config import Fingerprint, get_preset
 from flareseg.errors import ConfigError
-from flareseg.model import ModelConfig, build_network, channel_labels_for
-from flareseg.predictor import ModelPredictor, downsample, resolve_device
-from flareseg.sliding_window import (
+from flareseg.model.folder import ModelConfig, channel_labels_for
+from flareseg.model.network import build_network
+from flareseg.model.device import resolve_device
+from flareseg.model.predictor import ModelPredictor, downsample
+from flareseg.model.sliding_window import (
     count_tiles,
     gaussian_weights,
     mirror_combinations,

@@ -1,4 +1,4 @@
-"""Tests of the synthetic phantom cohort (flareseg.synthetic). Small cases only, except one `slow` test."""
+"""Tests of the synthetic phantom cohort (flareseg.data.synthetic). Small cases only, except one `slow` test."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from flareseg import labels as L
-from flareseg import synthetic as S
+import flareseg.labels as L
+import flareseg.data.synthetic as S
 from flareseg.errors import ConfigError
 from flareseg.io import Volume, read_image, read_label
 

@@ -18,14 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from flareseg.augment import build_augmentation, build_patch_sampler, pad_widths
-from flareseg.cache import CaseCache, SourceCase, sample_locations
+from flareseg.training.augment import build_augmentation, build_patch_sampler, pad_widths
+from flareseg.data.cache import CaseCache, SourceCase, sample_locations
 from flareseg.cli import main
 from flareseg.config import FINE_TUNE_LR, AugmentConfig, Fingerprint, PreprocessConfig, TrainConfig
 from flareseg.errors import ConfigError, InputError
 from flareseg.io import Volume, write_volume
-from flareseg.model import load_model, read_model_config
-from flareseg.training import (
+from flareseg.model.folder import load_model, read_model_config
+from flareseg.training.loop import (
     CHECKPOINT_FILE,
     CURVE_FILE,
     LAST_WEIGHTS_FILE,
@@ -209,7 +209,7 @@ def test_probability_outside_unit_interval_is_rejected():
 
 
 def _cached_case(label: np.ndarray, image: np.ndarray | None = None):
-    from flareseg.cache import CachedCase
+    from flareseg.data.cache import CachedCase
 
     image = np.random.default_rng(0).normal(size=label.shape).astype(np.float16) if image is None else image
     locations, counts = sample_locations(label)
@@ -366,7 +366,7 @@ def test_kill_9_mid_epoch_then_resume(prepared, tmp_path):
     out = tmp_path / "killed"
     script = textwrap.dedent(
         f"""
-        from flareseg.training import train
+        from flareseg.training.loop import train
         train({str(prepared)!r}, {str(out)!r}, task="tumor", preset="tiny", epochs=500, progress=False, num_workers=0,
               overrides={{"train.iterations_per_epoch": 3, "train.val_every": 1000}})
         """

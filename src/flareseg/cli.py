@@ -12,8 +12,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from . import __version__
-from .errors import FlaresegError
+from flareseg import __version__
+from flareseg.errors import FlaresegError
 
 log = logging.getLogger("flareseg")
 
@@ -21,7 +21,7 @@ EXIT_INPUT_ERROR = 2
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from .dataset import prepare_cohort
+    from flareseg.data.cohort import prepare_cohort
 
     cohort = prepare_cohort(args.data, args.out, seed=args.seed, progress=not args.quiet)
     print(cohort.summary())
@@ -30,7 +30,7 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from .synthetic import SynthConfig, generate_cohort
+    from flareseg.data.synthetic import SynthConfig, generate_cohort
 
     config = SynthConfig(cases=args.cases, val_cases=args.val_cases, seed=args.seed, size=args.size)
     manifest = generate_cohort(args.out, config, progress=not args.quiet)
@@ -40,7 +40,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_folder, summary_markdown
+    from flareseg.evaluation.evaluate import evaluate_folder, summary_markdown
 
     summary = evaluate_folder(args.pred, args.ref, args.out, nsd_gate=args.nsd_gate, missing=args.missing, progress=not args.quiet)
     print(summary_markdown(summary.stats))
@@ -49,7 +49,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .training import train
+    from flareseg.training.loop import train
 
     overrides = {}
     if args.max_minutes is not None:
@@ -77,7 +77,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _inference_config(args: argparse.Namespace):
-    from .pipeline import InferenceConfig
+    from flareseg.inference import InferenceConfig
 
     overrides = {}
     if args.step is not None:
@@ -86,11 +86,12 @@ def _inference_config(args: argparse.Namespace):
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .pipeline import TwoStepPredictor, is_single_series
+    from flareseg.inference import TwoStepPredictor, run_folder
+    from flareseg.io import is_single_series
 
     predictor = TwoStepPredictor(args.organ_model, args.tumor_model, config=_inference_config(args), device=args.device)
     if args.input.is_dir() and not is_single_series(args.input):
-        report = predictor.predict_folder(args.input, args.output, overwrite=args.overwrite, progress=not args.quiet)
+        report = run_folder(predictor, args.input, args.output, overwrite=args.overwrite, progress=not args.quiet)
         print(report.summary())
         return 0 if report.ok else EXIT_INPUT_ERROR
     if args.output.exists() and not args.overwrite:
@@ -103,8 +104,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from .efficiency import benchmark_cases, efficiency_table
-    from .pipeline import find_cases, predict_case
+    from flareseg.measure.efficiency import benchmark_cases, efficiency_table
+    from flareseg.inference import predict_case
+    from flareseg.io import find_cases
 
     # predict_case loads the models inside each measured case, as the FLARE efficiency rules ask.
     predict_one = partial(predict_case, organ_model=args.organ_model, tumor_model=args.tumor_model, config=_inference_config(args), device=args.device)
@@ -116,7 +118,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoConfig, run_demo
+    from flareseg.demo import DemoConfig, run_demo
 
     config = DemoConfig.quick() if args.quick else DemoConfig()
     result = run_demo(args.out, config=config, device=args.device, progress=not args.quiet)

@@ -11,8 +11,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .errors import ConfigError
-from .labels import NUM_ORGAN_CHANNELS, NUM_TUMOR_CHANNELS
+from flareseg.errors import ConfigError
+from flareseg.labels import NUM_ORGAN_CHANNELS, NUM_TUMOR_CHANNELS
 
 Task = Literal["organ", "tumor"]
 TASKS: tuple[str, ...] = ("organ", "tumor")

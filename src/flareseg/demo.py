@@ -15,15 +15,16 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-from .dataset import prepare_cohort
-from .efficiency import benchmark_cases, efficiency_table, medians
-from .evaluate import evaluate_folder, summary_markdown
-from .io import atomic_write_text, read_image, read_json, read_label
-from .labels import LESION
-from .pipeline import InferenceConfig, find_cases, predict_case
-from .report import best_and_worst, overlay_figure, write_report
-from .synthetic import MANIFEST_NAME, SynthConfig, generate_cohort
-from .training import train
+from flareseg.data.cohort import prepare_cohort
+from flareseg.measure.efficiency import benchmark_cases, efficiency_table, medians
+from flareseg.evaluation.evaluate import evaluate_folder, summary_markdown
+from flareseg.io import atomic_write_text, read_image, read_json, read_label
+from flareseg.labels import LESION
+from flareseg.inference import InferenceConfig, predict_case
+from flareseg.io import find_cases
+from flareseg.report import best_and_worst, overlay_figure, write_report
+from flareseg.data.synthetic import MANIFEST_NAME, SynthConfig, generate_cohort
+from flareseg.training.loop import train
 
 log = logging.getLogger(__name__)
 

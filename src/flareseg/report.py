@@ -1,6 +1,6 @@
 """Result figures and a run report: label overlays on CT, and a Markdown/HTML report of tables and figures.
 
-Overlays are drawn from the canonical LPS orientation (:func:`flareseg.preprocessing.to_canonical`), so
+Overlays are drawn from the canonical LPS orientation (:func:`flareseg.transforms.preprocessing.to_canonical`), so
 every input orientation displays the same way: axial slices in radiological convention (seen from the
 feet: the patient's right on the left of the image, anterior at the top), coronal slices seen from the
 front (the patient's right on the left, superior at the top), with the true physical aspect ratio.
@@ -23,9 +23,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .errors import GeometryError, InputError
-from .io import Volume, atomic_write_text, save_figure
-from .labels import BY_ID, colormap
+from flareseg.errors import GeometryError, InputError
+from flareseg.io import Volume, atomic_write_text, save_figure
+from flareseg.labels import BY_ID, colormap
 
 OVERLAY_FIGSIZE_IN = (10.0, 10.0)
 """Size of an overlay figure in inches; at :data:`OVERLAY_DPI` the PNG is 1000 x 1000 pixels."""
@@ -135,7 +135,7 @@ def overlay_figure(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
-    from .preprocessing import to_canonical
+    from flareseg.transforms.preprocessing import to_canonical
 
     if prediction is None:
         raise ValueError("prediction is required (reference may be None)")
@@ -239,7 +239,7 @@ def write_report(
     """Write ``report.md`` (and a self-contained ``report.html``) gathering tables and figures.
 
     Each section is ``(heading, markdown_text, image_paths)``: the text is written as given (tables,
-    lists, code; e.g. an evaluation summary or :func:`flareseg.efficiency.efficiency_table`), then
+    lists, code; e.g. an evaluation summary or :func:`flareseg.measure.efficiency.efficiency_table`), then
     each image as a Markdown image link relative to `out_dir`. Images outside `out_dir` are copied to
     ``out_dir/figures/`` first, so the folder can be moved or archived as a whole. The HTML embeds
     every image (also those the section texts link, when they lie in `out_dir`) as data, so it is
@@ -251,7 +251,7 @@ def write_report(
     Raises:
         InputError: an image does not exist.
     """
-    from . import __version__
+    from flareseg import __version__
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .config import Fingerprint, to_dict
-from .errors import FlaresegError, InputError
-from .io import Volume, atomic_write_bytes, is_image_path, orientation_code, read_image, read_label, strip_image_suffix
-from .labels import LESION, ORGAN_IDS
-from .preprocessing import compute_fingerprint, sample_foreground
+from flareseg.config import Fingerprint, to_dict
+from flareseg.errors import FlaresegError, InputError
+from flareseg.io import Volume, atomic_write_bytes, find_training_cases, orientation_code, read_image, read_label
+from flareseg.labels import LESION, ORGAN_IDS
+from flareseg.transforms.preprocessing import compute_fingerprint, sample_foreground
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
-IMAGE_CHANNEL_SUFFIX = "_0000"
 REGIMES = ("full", "lesion", "partial", "none")
 """Label regimes: all 13 organs; lesions only; some organs; no label."""
 VAL_FRACTION = 0.2
@@ -47,14 +46,6 @@ class CaseRecord:
     problem: str | None = None
 
 
-def case_name(image_path: Path) -> str:
-    """'FLARE23_0001_0000.nii.gz' -> 'FLARE23_0001' (the channel suffix of nnU-Net naming dropped); other names lose only their suffix."""
-    stem = strip_image_suffix(image_path.name)
-    if stem.endswith(IMAGE_CHANNEL_SUFFIX) and len(stem) > len(IMAGE_CHANNEL_SUFFIX):
-        return stem[: -len(IMAGE_CHANNEL_SUFFIX)]
-    return stem
-
-
 def regime_of(labels_present: set[int]) -> str:
     """Classify a case by the label ids its label map holds."""
     organs = labels_present & set(ORGAN_IDS)
@@ -65,29 +56,6 @@ def regime_of(labels_present: set[int]) -> str:
     if LESION in labels_present:
         return "lesion"
     return "none"
-
-
-def find_cases(data_dir: Path) -> list[tuple[str, Path, Path | None]]:
-    """(case, image path, label path or None) for every training image of a FLARE-layout cohort.
-
-    Raises:
-        InputError: the folder does not exist or holds no ``imagesTr`` nor ``unlabel*`` folder.
-    """
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: no such cohort folder")
-    folders = [data_dir / "imagesTr"] if (data_dir / "imagesTr").is_dir() else []
-    folders += sorted(p for p in data_dir.iterdir() if p.is_dir() and p.name.lower().startswith("unlabel"))
-    if not folders:
-        raise InputError(f"{data_dir}: not a FLARE-layout cohort (expected an imagesTr/ folder and/or unlabeled*/ folders)")
-    labels_dir = data_dir / "labelsTr"
-    cases = []
-    for folder in folders:
-        for image in sorted(p for p in folder.iterdir() if is_image_path(p)):
-            name = case_name(image)
-            label = labels_dir / f"{name}.nii.gz" if folder.name == "imagesTr" else None
-            cases.append((name, image, label if label is not None and label.exists() else None))
-    return cases
 
 
 def _inspect_case(name: str, image_path: Path, label_path: Path | None) -> tuple[CaseRecord, Volume | None, Volume | None]:
@@ -197,7 +165,7 @@ def prepare_cohort(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, 
         InputError: the cohort folder is missing or not FLARE-layout.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    found = find_cases(data_dir)
+    found = find_training_cases(data_dir)
     records: list[CaseRecord] = []
     samples: dict[str, np.ndarray] = {}
     for index, (name, image_path, label_path) in enumerate(tqdm(found, desc="prepare", unit="case", disable=not progress)):

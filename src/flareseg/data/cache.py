@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
@@ -38,10 +37,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .config import Fingerprint, PreprocessConfig, to_dict
-from .errors import InputError
-from .io import atomic_write_bytes, read_image, read_label, publish
-from .preprocessing import preprocess_case
+from flareseg.config import Fingerprint, PreprocessConfig, to_dict
+from flareseg.errors import InputError
+from flareseg.io import atomic_output, atomic_write_bytes, read_image, read_label
+from flareseg.transforms.preprocessing import preprocess_case
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +100,9 @@ def _stamp(path: Path | None) -> dict[str, int | str] | None:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
+    with atomic_output(path) as tmp:
+        with open(tmp, "wb") as fh:
             np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def sample_locations(label: np.ndarray, *, per_class: int = LOCATIONS_PER_CLASS, seed: int = 0) -> tuple[np.ndarray, dict[int, int]]:

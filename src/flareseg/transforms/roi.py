@@ -10,8 +10,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from .errors import ConfigError, GeometryError
-from .preprocessing import Grid
+from flareseg.errors import ConfigError, GeometryError
+from flareseg.io import Grid
 
 Box = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 

@@ -37,8 +37,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from .errors import GeometryError
-from .labels import ALL_FOREGROUND_IDS, BY_ID, Z_CROPPED_IDS, tolerance_of
+from flareseg.errors import GeometryError
+from flareseg.labels import ALL_FOREGROUND_IDS, BY_ID, Z_CROPPED_IDS, tolerance_of
 
 log = logging.getLogger(__name__)
 

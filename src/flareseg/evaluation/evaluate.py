@@ -2,7 +2,7 @@
 
 ``evaluate_folder(pred_dir, ref_dir, out_dir)`` scores every reference label map
 ``ref_dir/<case>.nii.gz`` against ``pred_dir/<case>.nii.gz`` exactly as the official
-``FLARE23_DSC_NSD_Eval.py`` does (see :mod:`flareseg.metrics` and ``docs/evaluation.md``) and writes
+``FLARE23_DSC_NSD_Eval.py`` does (see :mod:`flareseg.evaluation.metrics` and ``docs/evaluation.md``) and writes
 
 * ``per_case.csv``: long form, columns ``case,label,name,dsc,nsd`` (``case`` is the file name);
 * ``summary.md``: per class mean +- std of DSC and NSD, the organ mean, the lesion apart;
@@ -26,10 +26,10 @@ import numpy as np
 
 from tqdm import tqdm
 
-from .errors import ConfigError, GeometryError, InputError
-from .io import atomic_write_text
-from .labels import ALL_FOREGROUND_IDS, BY_ID, LESION, ORGAN_IDS
-from .metrics import DECIMALS, DEFAULT_NSD_GATE, CaseScores, as_official_labels, score_case
+from flareseg.errors import ConfigError, GeometryError, InputError
+from flareseg.io import atomic_write_text
+from flareseg.labels import ALL_FOREGROUND_IDS, BY_ID, LESION, ORGAN_IDS
+from flareseg.evaluation.metrics import DECIMALS, DEFAULT_NSD_GATE, CaseScores, as_official_labels, score_case
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from monai.data.utils import compute_importance_map
 
-from .errors import ConfigError
+from flareseg.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 An nnU-Net v2 results folder ``<Trainer>__<Plans>__<configuration>/`` holds ``plans.json``,
 ``dataset.json`` and ``fold_N/checkpoint_final.pth``. :func:`load_nnunet_model` turns it into what a
-flareseg model folder gives (a :class:`~flareseg.model.ModelConfig` and a network in eval mode)
+flareseg model folder gives (a :class:`~flareseg.model.folder.ModelConfig` and a network in eval mode)
 without importing nnunetv2:
 
 - the network is rebuilt from the plans with nnU-Net's network library
@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
-from .config import Fingerprint, NetworkConfig, PreprocessConfig, TrainConfig
-from .errors import ModelFolderError
-from .io import read_json
-from .labels import LESION, NUM_ORGAN_CHANNELS
-from .model import ModelConfig
+from flareseg.config import Fingerprint, NetworkConfig, PreprocessConfig, TrainConfig
+from flareseg.errors import ModelFolderError
+from flareseg.io import read_json
+from flareseg.labels import LESION, NUM_ORGAN_CHANNELS
+from flareseg.model.folder import ModelConfig
 
 PLANS_FILE = "plans.json"
 DATASET_FILE = "dataset.json"

@@ -1,9 +1,8 @@
-"""Volumes in and out: NIfTI, NRRD, MHA and DICOM series, with validation.
+"""Reading CT volumes and label maps (NIfTI, NRRD, MHA, DICOM series), validated before use.
 
-A :class:`Volume` holds a voxel array in ITK/NIfTI index order ``(I, J, K)`` (the order nibabel
-returns; SimpleITK's ``GetArrayFromImage`` returns the transpose ``(K, J, I)``) together with the
-physical geometry in ITK's LPS convention: ``spacing`` in mm per index axis, ``origin`` in mm of voxel
-``(0, 0, 0)`` and ``direction`` a 3x3 matrix whose column ``c`` is the unit vector of index axis ``c``.
+Every check names the file and the value, and the header is checked before the voxels are read: a
+header that declares more voxels than :data:`MAX_VOXELS`, or than its file can hold, is refused
+without allocating them.
 """
 
 from __future__ import annotations
@@ -12,106 +11,27 @@ import gzip
 import json
 import logging
 import os
-import tempfile
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import FlaresegError, GeometryError, InputError
+from flareseg.errors import FlaresegError, GeometryError, InputError
+from flareseg.io.layout import IMAGE_SUFFIXES
+from flareseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+MAX_VOXELS = 2048 * 1024 * 1024
+"""The largest volume read (2^31 voxels, 8 GiB as float32: e.g. 2048 x 1024 x 1024)."""
+MAX_COMPRESSION_RATIO = 1100
+"""An upper bound of the voxels a byte of a (compressed) image file can hold."""
+
 CT_MIN_PLAUSIBLE_RANGE_HU = 200.0
 """A CT spans air to soft tissue or bone: an image whose intensity range is narrower is not HU."""
-GEOMETRY_ATOL = 1e-3
-"""Absolute tolerance (mm, or unit-less for direction) when comparing two voxel grids."""
-
-
-@dataclass(frozen=True)
-class Volume:
-    """A 3-D voxel array with its physical geometry.
-
-    Attributes:
-        array: (I, J, K) voxel array, ITK/NIfTI index order.
-        spacing: (3,) voxel size in mm along I, J, K.
-        origin: (3,) LPS position in mm of voxel (0, 0, 0).
-        direction: (3, 3) direction cosines; column c is index axis c in LPS.
-    """
-
-    array: np.ndarray
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: np.ndarray
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
-
-    def with_array(self, array: np.ndarray) -> "Volume":
-        """Return a volume on the same grid holding `array` (same shape required)."""
-        if array.shape != self.array.shape:
-            raise GeometryError(f"array shape {array.shape} does not match the grid {self.array.shape}")
-        return replace(self, array=array)
-
-    def same_grid(self, other: "Volume", atol: float = GEOMETRY_ATOL) -> bool:
-        """True when `other` has the same shape, spacing, origin and direction within `atol`."""
-        return (
-            self.shape == other.shape
-            and np.allclose(self.spacing, other.spacing, atol=atol)
-            and np.allclose(self.origin, other.origin, atol=atol)
-            and np.allclose(self.direction, other.direction, atol=atol)
-        )
-
-    def describe_grid(self) -> str:
-        sp = ", ".join(f"{s:.3g}" for s in self.spacing)
-        org = ", ".join(f"{o:.1f}" for o in self.origin)
-        return f"shape {self.shape}, spacing ({sp}) mm, origin ({org}), orientation {orientation_code(self.direction)}"
-
-    def to_sitk(self) -> sitk.Image:
-        """Return a SimpleITK image with the same voxels and geometry."""
-        image = sitk.GetImageFromArray(np.ascontiguousarray(self.array.transpose(2, 1, 0)))
-        image.SetSpacing(tuple(float(s) for s in self.spacing))
-        image.SetOrigin(tuple(float(o) for o in self.origin))
-        image.SetDirection(tuple(float(d) for d in np.asarray(self.direction).ravel()))
-        return image
-
-    @classmethod
-    def from_sitk(cls, image: sitk.Image) -> "Volume":
-        """Return a volume from a 3-D SimpleITK image (the array is transposed to (I, J, K))."""
-        array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-        return cls(
-            array=array,
-            spacing=tuple(float(s) for s in image.GetSpacing()),  # type: ignore[arg-type]
-            origin=tuple(float(o) for o in image.GetOrigin()),  # type: ignore[arg-type]
-            direction=np.array(image.GetDirection(), dtype=float).reshape(3, 3),
-        )
-
-
-def orientation_code(direction: np.ndarray) -> str:
-    """Return the three-letter ITK/DICOM orientation code (e.g. 'LPS', 'RAS', 'PLI') of a direction matrix."""
-    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
-        tuple(float(d) for d in np.asarray(direction).ravel())
-    )
-
-
-def is_image_path(path: Path) -> bool:
-    """True when `path` names a file of a supported volume format."""
-    name = path.name.lower()
-    return path.is_file() and any(name.endswith(s) for s in IMAGE_SUFFIXES)
-
-
-def strip_image_suffix(name: str) -> str:
-    """Return `name` without its volume-format suffix ('case_0000.nii.gz' -> 'case_0000')."""
-    lower = name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if lower.endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _read_volume(path: Path) -> Volume:
@@ -217,12 +137,23 @@ def _first_line(exc: Exception) -> str:
 
 
 def _check_header(path: Path, dimension: int, size, components: int, spacing, direction) -> None:
+    """Validate a header before any voxel is read (dimension, size, spacing, direction, declared bytes)."""
     if dimension != 3:
         raise InputError(f"{path}: expected a 3-D volume, got a {dimension}-D image of size {tuple(size)}")
     if components != 1:
         raise InputError(f"{path}: expected one value per voxel, got {components} (vector or RGB image)")
     if min(size) < 1:
         raise InputError(f"{path}: the volume is empty (size {tuple(size)})")
+    voxels = int(np.prod([int(s) for s in size], dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise InputError(f"{path}: the header declares {tuple(int(s) for s in size)} = {voxels:,} voxels, more than the {MAX_VOXELS:,} flareseg reads")
+    if path.is_file():
+        stored = path.stat().st_size
+        # gzip and zlib compress at most ~1032:1, so a file this small cannot hold the declared voxels.
+        if voxels > MAX_COMPRESSION_RATIO * max(stored, 1):
+            raise InputError(
+                f"{path}: the header declares {tuple(int(s) for s in size)} voxels but the file has only {stored:,} bytes (truncated or corrupt file)"
+            )
     spacing = np.array(spacing, dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InputError(f"{path}: voxel spacing must be positive and finite, got {tuple(spacing)}")
@@ -288,85 +219,6 @@ def read_label(path: str | os.PathLike, reference: Volume | None = None, *, refe
             f"image {reference.describe_grid()}"
         )
     return volume
-
-
-def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
-    """Write `volume` atomically: a temporary file in the destination folder, then a rename.
-
-    Args:
-        volume: what to write; its array dtype and geometry are kept exactly.
-        path: destination file (.nii.gz, .nii, .nrrd, .mha).
-
-    Returns:
-        The written path. A failed write leaves no file behind.
-    """
-    path = Path(path)
-    image = volume.to_sitk()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = next((s for s in IMAGE_SUFFIXES if path.name.lower().endswith(s)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask_mode() -> int:
-    """The mode a plainly created file gets (0o666 less the umask); mkstemp's files are 0o600."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def publish(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
-    """Give a finished temporary file the usual permissions and rename it onto `path` (atomic)."""
-    os.chmod(tmp, _umask_mode())
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename (never a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write UTF-8 `text` atomically; returns `path`."""
-    atomic_write_bytes(Path(path), text.encode("utf-8"))
-    return Path(path)
-
-
-def save_figure(fig, path: str | os.PathLike, **savefig_kwargs) -> Path:
-    """Save a matplotlib figure as PNG atomically (temporary file, then rename); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, format="png", **savefig_kwargs)
-        publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_label(label: np.ndarray, reference: Volume, path: str | os.PathLike) -> Path:
-    """Write an (I, J, K) label array in exactly `reference`'s geometry, atomically, as uint8."""
-    if label.shape != reference.shape:
-        raise GeometryError(f"{path}: label shape {label.shape} differs from the reference image's {reference.shape}")
-    return write_volume(reference.with_array(label.astype(np.uint8)), path)
 
 
 def read_json(path: Path, error: type[FlaresegError] = InputError) -> Any:

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from . import labels as L
-from .errors import ConfigError
-from .io import Volume, orientation_code, write_volume, atomic_write_text
+import flareseg.labels as L
+from flareseg.errors import ConfigError
+from flareseg.io import Volume, orientation_code, write_volume, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -1685,7 +1685,7 @@ def synthesize_case(
             profile's (512 for ``full``).
 
     Returns:
-        ``(image, label, meta)``: image an int16 :class:`~flareseg.io.Volume` in HU (-1024 outside the
+        ``(image, label, meta)``: image an int16 :class:`~flareseg.io.volume.Volume` in HU (-1024 outside the
         reconstruction circle) of shape (I, J, K) in the stored orientation; label a uint8 Volume on
         the same grid with ids 0-14 (:mod:`flareseg.labels`; lesion voxels are 14 in place of the organ);
         meta a JSON-ready dict: size, phase, orientation, shape, spacing (mm), origin (mm), direction,
@@ -1781,7 +1781,7 @@ def generate_cohort(out_dir: str | os.PathLike, config: SynthConfig, *, progress
     """
     from tqdm.auto import tqdm
 
-    from . import __version__
+    from flareseg import __version__
 
     out = Path(out_dir)
     _prepare_out_dir(out)
@@ -1791,7 +1791,7 @@ def generate_cohort(out_dir: str | os.PathLike, config: SynthConfig, *, progress
     regimes += ["val"] * config.val_cases
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
-        "generator": f"flareseg.synthetic {__version__}",
+        "generator": f"flareseg.data.synthetic {__version__}",
         "complete": False,
         "config": config.to_dict(),
         "regime_counts": counts,

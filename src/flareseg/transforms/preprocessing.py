@@ -16,44 +16,13 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .config import Fingerprint, PreprocessConfig
-from .errors import GeometryError
-from .io import Volume, orientation_code
+from flareseg.config import Fingerprint, PreprocessConfig
+from flareseg.errors import GeometryError
+from flareseg.io import Grid, Volume, orientation_code
 
 CANONICAL_ORIENTATION = "LPS"
 """Index axes I, J, K point to patient left, posterior and superior: K is the axial (slice) axis."""
 FINGERPRINT_SAMPLES_PER_CASE = 10_000
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A voxel grid without voxels: shape, spacing (mm), origin (mm, LPS), direction (3x3)."""
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    origin: tuple[float, float, float]
-    direction: tuple[float, ...]
-
-    def matches(self, other: "Grid", atol: float = 1e-4) -> bool:
-        """Same shape, and spacing, origin and direction equal within `atol`."""
-        return (
-            self.shape == other.shape
-            and np.allclose(self.spacing, other.spacing, atol=atol)
-            and np.allclose(self.origin, other.origin, atol=atol)
-            and np.allclose(self.direction, other.direction, atol=atol)
-        )
-
-    @classmethod
-    def of(cls, volume: Volume) -> "Grid":
-        return cls(volume.shape, tuple(volume.spacing), tuple(volume.origin), tuple(np.asarray(volume.direction).ravel()))
-
-    def reference_image(self) -> sitk.Image:
-        """An empty SimpleITK image on this grid, to resample onto."""
-        image = sitk.Image([int(s) for s in self.shape], sitk.sitkUInt8)
-        image.SetSpacing(self.spacing)
-        image.SetOrigin(self.origin)
-        image.SetDirection(self.direction)
-        return image
 
 
 @dataclass(frozen=True)
@@ -94,7 +63,7 @@ def from_canonical(array: np.ndarray, canonical: Grid, original: Grid) -> np.nda
     code = orientation_code(np.array(original.direction).reshape(3, 3))
     if code == CANONICAL_ORIENTATION:
         return array
-    volume = Volume(array, canonical.spacing, canonical.origin, np.array(canonical.direction).reshape(3, 3))
+    volume = Volume.on_grid(array, canonical)
     restored = sitk.DICOMOrient(volume.to_sitk(), code)
     return sitk.GetArrayFromImage(restored).transpose(2, 1, 0)
 
@@ -159,7 +128,7 @@ def resample_label(volume: Volume, grid: Grid) -> Volume:
     Raises:
         GeometryError: the grids' directions differ.
     """
-    if Grid.of(volume).matches(grid):
+    if volume.grid.matches(grid):
         return volume
     direction = np.asarray(volume.direction)
     if not np.allclose(direction.ravel(), grid.direction, atol=1e-6):
@@ -184,7 +153,7 @@ def resample_label(volume: Volume, grid: Grid) -> Volume:
         wins = values >= best[region]
         out[region][wins] = value
         best[region][wins] = values[wins]
-    return Volume(out, grid.spacing, grid.origin, np.array(grid.direction).reshape(3, 3))
+    return Volume.on_grid(out, grid)
 
 
 def _label_boxes(label: np.ndarray) -> list[tuple[int, tuple[tuple[int, int], ...]]]:
@@ -252,22 +221,23 @@ def preprocess_case(
     canonical = to_canonical(image)
     box = body_bounding_box(canonical, threshold_hu=config.body_threshold_hu, margin_mm=config.body_margin_mm)
     cropped = crop(canonical, box)
-    grid = resampled_grid(Grid.of(cropped), config.target_spacing)
+    grid = resampled_grid(cropped.grid, config.target_spacing)
     resampled = resample_image(cropped, grid)
     array = resampled.array if fingerprint is None else normalize(resampled.array, fingerprint)
     label_array = None
     if label is not None:
         label_cropped = crop(to_canonical(label), box)
         label_array = resample_label(label_cropped, grid).array.astype(np.uint8)
-    record = PreprocessRecord(Grid.of(image), Grid.of(canonical), tuple(box), grid)  # type: ignore[arg-type]
+    record = PreprocessRecord(image.grid, canonical.grid, tuple(box), grid)  # type: ignore[arg-type]
     return PreprocessedCase(array, label_array, record)
 
 
 def restore_label(label: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     """Bring an (I, J, K) label map on the network grid back to the input's exact grid.
 
-    Resamples (nearest neighbour) onto the body crop, pads the rest with background and undoes the
-    reorientation; the result has the input's shape and axis order, ready for :func:`io.write_label`.
+    Resamples onto the body crop with :func:`resample_label` (each label's indicator interpolated
+    linearly), pads the rest with background and undoes the reorientation; the result has the input's
+    shape and axis order, ready for :func:`flareseg.io.write_label`.
 
     Raises:
         GeometryError: `label`'s shape is not the record's network grid.
@@ -280,7 +250,7 @@ def restore_label(label: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     canonical_dir = np.array(record.canonical.direction).reshape(3, 3)
     crop_origin = np.asarray(record.canonical.origin) + canonical_dir @ (start * np.asarray(record.canonical.spacing))
     crop_grid = Grid(crop_shape, record.canonical.spacing, tuple(crop_origin), record.canonical.direction)  # type: ignore[arg-type]
-    on_crop = resample_label(Volume(label.astype(np.uint8), net.spacing, net.origin, np.array(net.direction).reshape(3, 3)), crop_grid)
+    on_crop = resample_label(Volume.on_grid(label.astype(np.uint8), net), crop_grid)
     full = np.zeros(record.canonical.shape, dtype=np.uint8)
     full[tuple(slice(a, b) for a, b in record.crop)] = on_crop.array
     restored = from_canonical(full, record.canonical, record.original)

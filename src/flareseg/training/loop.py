@@ -3,7 +3,7 @@
 Protocol (each a value of :class:`~flareseg.config.TrainConfig`): patches of ``patch_size`` from the
 preprocessed cases, ``samples_per_image`` per loaded image, a fraction ``pos_fraction`` centred on
 foreground (class-balanced: a random class present, then a random voxel of it, as nnU-Net does);
-the paper's augmentations (:mod:`flareseg.augment`); loss = soft Dice after softmax + cross-entropy
+the paper's augmentations (:mod:`flareseg.training.augment`); loss = soft Dice after softmax + cross-entropy
 (MONAI ``DiceCELoss``) with the Dice over the foreground channels only and pooled over the batch
 (nnU-Net's ``do_bg=False``, ``batch_dice=True``: background Dice is near 1 and carries no signal, and
 a patch without lesion would otherwise give a meaningless per-sample Dice); Adam; the poly schedule
@@ -13,7 +13,7 @@ Every ``val_every`` epochs, and at the last epoch, the held-out cases are segmen
 network grid (sliding window, ``val_overlap``, Gaussian blending) and the Dice of every foreground
 class is logged; the weights with the best mean foreground Dice are ``model.safetensors``.
 
-The output folder (a model folder, :mod:`flareseg.model`)::
+The output folder (a model folder, :mod:`flareseg.model.folder`)::
 
     config.json               ModelConfig: task, preset, network, preprocess, fingerprint, train, data, versions
     model.safetensors         best weights (by validation mean foreground Dice; the last ones before any validation)
@@ -47,10 +47,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from . import __version__
-from .augment import BG_INDICES_KEY, FG_INDICES_KEY, IMAGE_KEY, LABEL_KEY, build_augmentation, build_patch_sampler, pad_widths
-from .cache import CACHE_DIRNAME, CachedCase, CaseCache, SourceCase, source_cases
-from .config import (
+from flareseg import __version__
+from flareseg.training.augment import BG_INDICES_KEY, FG_INDICES_KEY, IMAGE_KEY, LABEL_KEY, build_augmentation, build_patch_sampler, pad_widths
+from flareseg.data.cache import CACHE_DIRNAME, CachedCase, CaseCache, SourceCase, source_cases
+from flareseg.config import (
     FINE_TUNE_EPOCHS,
     FINE_TUNE_LR,
     TASKS,
@@ -61,16 +61,16 @@ from .config import (
     from_dict,
     get_preset,
 )
-from .dataset import MANIFEST_FILE
-from .errors import ConfigError, InputError, ModelFolderError
-from .io import atomic_write_bytes, read_json, save_figure
-from .labels import LESION, ORGAN_IDS, name_of
-from .preprocessing import pad_value_of
-from .model import (
+from flareseg.data.cohort import MANIFEST_FILE
+from flareseg.errors import ConfigError, InputError, ModelFolderError
+from flareseg.io import atomic_write_bytes, read_json, remove_stale_temporaries, save_figure
+from flareseg.labels import LESION, ORGAN_IDS, name_of
+from flareseg.transforms.preprocessing import pad_value_of
+from flareseg.model.network import build_network
+from flareseg.model.folder import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     ModelConfig,
-    build_network,
     channel_labels_for,
     read_model_config,
     save_tensors,
@@ -579,14 +579,6 @@ def write_training_curve(rows: Sequence[Mapping[str, Any]], path: Path, *, title
     save_figure(fig, path)
 
 
-def _remove_stale_temporaries(out_dir: Path) -> None:
-    """Delete temporary files that a killed run left halfway through an atomic write."""
-    owned = (CONFIG_FILE, WEIGHTS_FILE, LAST_WEIGHTS_FILE, CHECKPOINT_FILE, LOG_FILE, CURVE_FILE)
-    for path in out_dir.iterdir():
-        if path.is_file() and any(path.name.startswith(f".{name}.") for name in owned):
-            path.unlink(missing_ok=True)
-
-
 def _safetensors_meta(path: Path) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as fh:
@@ -899,7 +891,7 @@ def _run(
         log.info("resuming %s after epoch %d", out_dir, meta["epoch"])
     rows = [r for r in read_log(log_path) if r.get("epoch", 0) <= meta["epoch"]]
     if runtime.is_main:
-        _remove_stale_temporaries(out_dir)
+        remove_stale_temporaries(out_dir)
         _write_log(log_path, rows)
 
     if runtime.world_size > 1:

@@ -34,9 +34,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import psutil
 
-from .dataset import case_name
-from .errors import InputError
-from .io import atomic_write_text, save_figure
+from flareseg.io import case_name
+from flareseg.errors import InputError
+from flareseg.io import atomic_write_text, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -656,7 +656,7 @@ def _settle() -> None:
 
 def environment(device: str | None = None) -> dict[str, Any]:
     """Versions and machine description for the efficiency report."""
-    from . import __version__
+    from flareseg import __version__
 
     env: dict[str, Any] = {
         "flareseg": __version__,

@@ -1,7 +1,7 @@
 """One trained model, ready to predict label maps on its network grid.
 
 :class:`ModelPredictor` is built from a model folder alone (``config.json`` + ``model.safetensors``,
-see :mod:`flareseg.model`). It preprocesses a CT with the model's own spacing and fingerprint, runs
+see :mod:`flareseg.model.folder`). It preprocesses a CT with the model's own spacing and fingerprint, runs
 sliding-window inference over the whole network grid or a box of it, and returns labels (the arg-max
 mapped through the model's ``channel_labels``), never full-resolution probabilities.
 """
@@ -16,39 +16,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Fingerprint, PreprocessConfig
-from .errors import ConfigError
-from .model import ModelConfig, load_model
-from .nnunet import is_nnunet_folder, load_nnunet_model
-from .preprocessing import normalize, pad_value_of
-from .roi import Box, box_slices, full_box, is_empty
-from .sliding_window import count_tiles, network_predictor, sliding_window_argmax
+from flareseg.config import Fingerprint, PreprocessConfig
+from flareseg.model.device import resolve_device
+from flareseg.model.folder import ModelConfig, load_model
+from flareseg.model.nnunet import is_nnunet_folder, load_nnunet_model
+from flareseg.transforms.preprocessing import normalize, pad_value_of
+from flareseg.transforms.roi import Box, box_slices, full_box, is_empty
+from flareseg.model.sliding_window import count_tiles, network_predictor, sliding_window_argmax
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``'auto'`` -> CUDA when available, else CPU; anything else as given.
-
-    Raises:
-        ConfigError: an unknown device name, or CUDA requested where it is not available.
-    """
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine (use 'cpu' or 'auto')")
-    return resolved
 
 
 class ModelPredictor:
     """A loaded model (configuration + network in eval mode on a device).
 
     Attributes:
-        config: the model's :class:`~flareseg.model.ModelConfig`.
+        config: the model's :class:`~flareseg.model.folder.ModelConfig`.
         network: the network, in eval mode.
         device: where it runs.
         folder: the model folder it came from (None when built from objects).
@@ -63,7 +46,7 @@ class ModelPredictor:
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> "ModelPredictor":
-        """Load a flareseg model folder, or an nnU-Net v2 trained model folder (see :mod:`flareseg.nnunet`).
+        """Load a flareseg model folder, or an nnU-Net v2 trained model folder (see :mod:`flareseg.model.nnunet`).
 
         Raises:
             ModelFolderError: missing or invalid configuration or weights.
@@ -127,7 +110,7 @@ class ModelPredictor:
             image: float32 image on this model's network grid (see :meth:`preprocess`).
             box: predict only inside this box (the network sees only the box); background elsewhere.
                 None is the whole grid.
-            step, mirror, precision, tile_batch_size: see :func:`flareseg.sliding_window.iter_blended_slabs`.
+            step, mirror, precision, tile_batch_size: see :func:`flareseg.model.sliding_window.iter_blended_slabs`.
 
         Returns:
             (X, Y, Z) uint8 label map on the image's grid, e.g. 0-13 for an organ model, 0/14 for a tumour model.

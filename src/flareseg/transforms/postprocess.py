@@ -17,8 +17,8 @@ import fill_voids
 import numpy as np
 from scipy import ndimage
 
-from .errors import ConfigError
-from .labels import ALL_FOREGROUND_IDS, SINGLE_BODY_IDS
+from flareseg.errors import ConfigError
+from flareseg.labels import ALL_FOREGROUND_IDS, SINGLE_BODY_IDS
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import cc3d
 import numpy as np
 from scipy import ndimage
 
-from .errors import GeometryError
-from .labels import LESION, LESION_HOST_IDS
+from flareseg.errors import GeometryError
+from flareseg.labels import LESION, LESION_HOST_IDS
 
 
 def lesions_touching(lesion: np.ndarray, organ: np.ndarray, host_ids: Iterable[int] = LESION_HOST_IDS, *, connectivity: int = 26) -> np.ndarray:

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from monai.networks.nets import DynUNet
+
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import (
+from flareseg.config import (
     FORMAT_VERSION,
     Fingerprint,
     NetworkConfig,
@@ -27,9 +26,10 @@ from .config import (
     from_dict,
     to_dict,
 )
-from .errors import ConfigError, ModelFolderError
-from .io import atomic_write_bytes, publish, read_json
-from .labels import LESION, NUM_ORGAN_CHANNELS
+from flareseg.errors import ConfigError, ModelFolderError
+from flareseg.io import atomic_output, atomic_write_bytes, read_json
+from flareseg.labels import LESION, NUM_ORGAN_CHANNELS
+from flareseg.model.network import build_network
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -97,46 +97,12 @@ def channel_labels_for(task: str) -> tuple[int, ...]:
     return tuple(range(NUM_ORGAN_CHANNELS)) if task == "organ" else (0, LESION)
 
 
-def build_network(cfg: NetworkConfig) -> DynUNet:
-    """Build nnU-Net's 3-D U-Net as a MONAI DynUNet (instance norm, LeakyReLU 0.01, He-normal init).
-
-    The network maps (B, in_channels, X, Y, Z) to (B, out_channels, X, Y, Z) logits; X, Y, Z must be
-    multiples of ``cfg.divisor``.
-    """
-    stages = len(cfg.filters)
-    return DynUNet(
-        spatial_dims=3,
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        kernel_size=[cfg.kernel_size] * stages,
-        strides=list(cfg.strides),
-        upsample_kernel_size=list(cfg.strides[1:]),
-        filters=list(cfg.filters),
-        norm_name=("INSTANCE", {"affine": True}),
-        act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
-        deep_supervision=cfg.deep_supervision,
-        deep_supr_num=max(1, min(2, stages - 2)),
-        res_block=cfg.res_block,
-    )
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Save tensors as safetensors, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_output(path) as tmp:
         # clone(): a DynUNet state_dict holds aliases (skip_layers.* share storage with the blocks), which
         # safetensors refuses; each key gets its own copy so load_state_dict(strict=True) finds them all.
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def write_model_config(folder: Path, cfg: ModelConfig) -> None:
@@ -162,7 +128,7 @@ def read_model_config(folder: str | os.PathLike) -> ModelConfig:
         raise ModelFolderError(f"{path}: {exc}") from None
 
 
-def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu", *, weights: str = WEIGHTS_FILE) -> tuple[ModelConfig, DynUNet]:
+def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu", *, weights: str = WEIGHTS_FILE) -> tuple[ModelConfig, torch.nn.Module]:
     """Load a model folder: its config and the network with weights, in eval mode on `device`.
 
     Raises:

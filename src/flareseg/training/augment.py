@@ -14,7 +14,7 @@ paper's list maps one to one onto MONAI transforms of the same name and values:
 | intensity shift by up to 0.3 | ``RandShiftIntensityd(offsets=0.3)`` | ``shift_prob`` (0.1) |
 
 Each is drawn independently per patch. Axes are those of the canonical LPS grid of
-:mod:`flareseg.preprocessing`: x runs right to left, y anterior to posterior. A flip along x mirrors
+:mod:`flareseg.transforms.preprocessing`: x runs right to left, y anterior to posterior. A flip along x mirrors
 the left and right organs without swapping their labels, exactly as the paper (and nnU-Net's
 mirroring) does; set ``flip_x_prob`` to 0 to keep laterality strictly anatomical.
 """
@@ -33,8 +33,8 @@ from monai.transforms import (
     RandShiftIntensityd,
 )
 
-from .config import AugmentConfig, TrainConfig
-from .errors import ConfigError
+from flareseg.config import AugmentConfig, TrainConfig
+from flareseg.errors import ConfigError
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
@@ -82,7 +82,7 @@ def build_patch_sampler(cfg: TrainConfig) -> RandCropByPosNegLabeld:
     centred on foreground.
 
     The candidate centres are read from the dictionary's ``"fg_indices"`` and ``"bg_indices"`` (flat
-    indices into the label's spatial shape, see :mod:`flareseg.cache`) instead of being searched in
+    indices into the label's spatial shape, see :mod:`flareseg.data.cache`) instead of being searched in
     the label each time. The image must be at least the patch size along every axis (pad it first).
     """
     pos, neg = float(cfg.pos_fraction), 1.0 - float(cfg.pos_fraction)

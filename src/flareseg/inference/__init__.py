@@ -1,0 +1,8 @@
+"""Two-step inference: settings, the per-case pipeline, folder runs and their reports."""
+
+from flareseg.inference.config import MODES, InferenceConfig
+from flareseg.inference.folder import predict_folder, run_folder
+from flareseg.inference.pipeline import TwoStepPredictor, predict_case
+from flareseg.inference.reports import BatchReport, PredictionReport
+
+__all__ = ["MODES", "BatchReport", "InferenceConfig", "PredictionReport", "TwoStepPredictor", "predict_case", "predict_folder", "run_folder"]

@@ -1,0 +1,361 @@
+"""Two-step inference (DESIGN section 6): organ model, tumour model, merge, post-processing, inverse preprocessing.
+
+:func:`predict_case` segments one CT; :class:`TwoStepPredictor` loads both models once and predicts
+many (:mod:`flareseg.inference.folder` runs it over a folder). The settings are an
+:class:`~flareseg.inference.config.InferenceConfig`; each case gets a
+:class:`~flareseg.inference.reports.PredictionReport` with per-stage timings.
+
+One case goes through these stages (names as in ``PredictionReport.timings``):
+
+``read``        the CT (NIfTI/NRRD/MHA file or DICOM series folder), validated by :func:`io.read_image`;
+``preprocess``  reorientation to LPS, body crop, resampling to each model's spacing (shared when the
+                two models' preprocessing settings match), normalisation with each model's fingerprint;
+``roi``         ``fast`` mode only: the organ model on the network image average-pooled by
+                ``roi_downsample`` (at its own patch size, step ``roi_step``); the region of interest is
+                the bounding box of the predicted organs plus ``roi_margin_mm``;
+``organ``       sliding window of the organ model over the region of interest (or the whole grid, or
+                the paper's middle slab); labels 0-13 on the network grid;
+``tumor``       sliding window of the tumour model; in ``fast`` mode only over the bounding box of the
+                organs that can hold a lesion (labels.LESION_HOST_IDS) plus ``tumor_margin_mm``;
+``postprocess`` post-processing of the organ and lesion maps, then the merge (lesion id 14 wins);
+``restore``     the label map back to the input's exact grid (:func:`~flareseg.transforms.preprocessing.restore_label`);
+``write``       atomic write (temporary file + rename) in the input's geometry.
+
+Merge and post-processing run on the network grid when both models share it (same preprocessing
+settings: the usual case), else on the input's grid after restoring each map.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flareseg.errors import ConfigError
+from flareseg.inference.config import InferenceConfig
+from flareseg.inference.reports import PredictionReport, StageTimer
+from flareseg.io import Volume, case_name, read_image, remove_stale_temporaries, strip_image_suffix, write_label
+from flareseg.labels import LESION_HOST_IDS, NUM_ORGAN_CHANNELS, NUM_TUMOR_CHANNELS, ORGAN_IDS
+from flareseg.model.device import resolve_device
+from flareseg.model.predictor import ModelPredictor, downsample
+from flareseg.transforms.merge import merge_labels
+from flareseg.transforms.postprocess import postprocess
+from flareseg.transforms.preprocessing import PreprocessRecord, preprocess_case, restore_label
+from flareseg.transforms.roi import (
+    Box,
+    box_shape,
+    ensure_min_size,
+    expand_box,
+    full_box,
+    intersect,
+    is_empty,
+    label_box,
+    map_box,
+    margin_voxels,
+    middle_slab,
+    scale_box,
+    slices_for_extent,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _as_predictor(model: str | os.PathLike | ModelPredictor, device: torch.device, task: str) -> ModelPredictor:
+    predictor = model if isinstance(model, ModelPredictor) else ModelPredictor.from_folder(model, device)
+    expected = NUM_ORGAN_CHANNELS if task == "organ" else NUM_TUMOR_CHANNELS
+    if predictor.config.network.out_channels != expected:
+        raise ConfigError(
+            f"the {task} model must have {expected} output channels; {predictor!r} has {predictor.config.network.out_channels}"
+        )
+    return predictor
+
+
+def _same_network_grid(a: PreprocessRecord, b: PreprocessRecord) -> bool:
+    return a.crop == b.crop and a.network.matches(b.network) and a.canonical.matches(b.canonical)
+
+
+@dataclass
+class NetworkInputs:
+    """One case on the models' network grids: records to undo preprocessing, normalised (I, J, K) float32 images.
+
+    An image is dropped (None) once its model has run, to free its memory.
+    """
+
+    organ_record: PreprocessRecord
+    organ_image: np.ndarray | None
+    tumor_record: PreprocessRecord | None = None
+    tumor_image: np.ndarray | None = None
+
+
+class TwoStepPredictor:
+    """The organ and tumour models, loaded once, predicting any number of cases.
+
+    Args:
+        organ_model: a model folder (or a loaded :class:`ModelPredictor`) with 14 output channels.
+        tumor_model: a model folder (or predictor) with 2 output channels, or None for organs only.
+        config: the inference settings (default: the ``fast`` preset).
+        device: 'cpu', 'cuda', 'cuda:1', 'auto' or a torch.device.
+
+    Raises:
+        ModelFolderError: a model folder is missing or invalid.
+        ConfigError: a model has the wrong number of output channels.
+    """
+
+    def __init__(
+        self,
+        organ_model: str | os.PathLike | ModelPredictor,
+        tumor_model: str | os.PathLike | ModelPredictor | None = None,
+        *,
+        config: InferenceConfig | None = None,
+        device: str | torch.device = "cpu",
+    ):
+        start = time.perf_counter()
+        self.device = resolve_device(device)
+        self.config = config if config is not None else InferenceConfig()
+        self.organ = _as_predictor(organ_model, self.device, "organ")
+        self.tumor = None if tumor_model is None else _as_predictor(tumor_model, self.device, "tumor")
+        self.load_seconds = time.perf_counter() - start
+
+    def __repr__(self) -> str:
+        return f"TwoStepPredictor(organ={self.organ!r}, tumor={self.tumor!r}, mode={self.config.mode!r})"
+
+    # ----------------------------------------------------------------------------------- one case
+    def segment(self, image: Volume, *, case: str = "volume", progress: bool = False) -> tuple[np.ndarray, PredictionReport]:
+        """Segment a CT volume in memory.
+
+        Returns:
+            (label, report): the (I, J, K) uint8 label map (ids 0-14) on `image`'s exact grid, and the report.
+        """
+        report = PredictionReport(case=case)
+        label = self._run(image, report, progress=progress)
+        return label, report
+
+    def predict(
+        self,
+        image: str | os.PathLike | Volume,
+        output_path: str | os.PathLike,
+        *,
+        case: str | None = None,
+        progress: bool = False,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> PredictionReport:
+        """Segment `image` (a file, a DICOM series folder or a :class:`Volume`) and write the label map.
+
+        The output has the input's exact shape, spacing, origin and direction and is written
+        atomically: it either appears complete or not at all.
+
+        Raises:
+            InputError: the input cannot be read or is not a CT; the message names the file.
+        """
+        output_path = Path(output_path)
+        if case is None:
+            case = case_name(Path(image)) if not isinstance(image, Volume) else strip_image_suffix(output_path.name)
+        report = PredictionReport(case=case, output=str(output_path))
+        self._run(image, report, output_path=output_path, progress=progress, on_stage=on_stage)
+        return report
+
+    def _run(
+        self,
+        source: str | os.PathLike | Volume,
+        report: PredictionReport,
+        *,
+        output_path: Path | None = None,
+        progress: bool = False,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> np.ndarray:
+        """The stages of one case (module docstring); returns the label map on the input's grid."""
+        timer = StageTimer(report.timings, on_stage)
+        report.mode, report.device = self.config.mode, str(self.device)
+        start = time.perf_counter()
+        with timer.stage("read"):
+            volume = source if isinstance(source, Volume) else read_image(source)
+        if not isinstance(source, Volume):
+            report.input = str(source)
+        report.input_shape, report.input_spacing = volume.shape, tuple(volume.spacing)
+        with timer.stage("preprocess"):
+            net = self._preprocess(volume)
+        del volume  # the input's voxels are no longer needed, only its grid (in the records)
+        report.network_shape = tuple(net.organ_image.shape)
+        organ_label = self._predict_organs(net, report, timer, progress)
+        tumor_label = None
+        if self.tumor is not None:
+            with timer.stage("tumor"):
+                tumor_label = self._predict_lesions(net, organ_label, report, progress)
+        label = self._assemble(organ_label, tumor_label, net, timer)
+        counts = np.bincount(label.ravel(), minlength=15)
+        report.voxel_counts = {int(i): int(c) for i, c in enumerate(counts) if c and i}
+        if output_path is not None:
+            with timer.stage("write"):
+                remove_stale_temporaries(output_path)
+                write_label(label, net.organ_record.original, output_path)
+        report.timings["total"] = time.perf_counter() - start
+        log.info("%s", report.summary())
+        return label
+
+    # ----------------------------------------------------------------------------------- stages
+    def _preprocess(self, volume: Volume) -> NetworkInputs:
+        """Each model's normalised network-grid image, shared when the two preprocessing settings match."""
+        organ, tumor = self.organ, self.tumor
+        pre_o = preprocess_case(volume, config=organ.preprocess_config, fingerprint=None)
+        inputs = NetworkInputs(pre_o.record, organ.normalize(pre_o.image))
+        if tumor is None:
+            return inputs
+        if tumor.preprocess_config == organ.preprocess_config:
+            inputs.tumor_record = pre_o.record
+            inputs.tumor_image = inputs.organ_image if tumor.fingerprint == organ.fingerprint else tumor.normalize(pre_o.image)
+        else:
+            pre_t = preprocess_case(volume, config=tumor.preprocess_config, fingerprint=None)
+            inputs.tumor_record, inputs.tumor_image = pre_t.record, tumor.normalize(pre_t.image)
+        return inputs
+
+    def _predict_organs(self, net: NetworkInputs, report: PredictionReport, timer: StageTimer, progress: bool) -> np.ndarray:
+        """The ``roi`` and ``organ`` stages: labels 0-13 on the organ model's network grid."""
+        cfg, organ = self.config, self.organ
+        slab = self._slab(net.organ_image.shape, organ)
+        organ_box: Box = slab
+        if cfg.roi:
+            with timer.stage("roi"):
+                organ_box = self._locate_organs(net.organ_image, slab, report, progress)
+        report.organ_box = organ_box
+        with timer.stage("organ"):
+            report.tiles["organ"] = organ.count_tiles(box_shape(organ_box), cfg.step, cfg.mirror)
+            label = organ.predict_labels(
+                net.organ_image, box=organ_box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision,
+                tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: organ",
+            )
+        net.organ_image = None
+        return label
+
+    def _predict_lesions(self, net: NetworkInputs, organ_label: np.ndarray, report: PredictionReport, progress: bool) -> np.ndarray:
+        """The ``tumor`` stage: labels 0/14 on the tumour model's network grid."""
+        cfg, tumor = self.config, self.tumor
+        image = net.tumor_image
+        net.tumor_image = None
+        box = self._tumor_box(organ_label, net.organ_record, net.tumor_record, image.shape, tumor, report)
+        report.tumor_box = box
+        if box is None:
+            return np.zeros(image.shape, dtype=np.uint8)
+        report.tiles["tumor"] = tumor.count_tiles(box_shape(box), cfg.step, cfg.mirror)
+        return tumor.predict_labels(
+            image, box=box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision,
+            tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: tumor",
+        )
+
+    def _assemble(self, organ_label: np.ndarray, tumor_label: np.ndarray | None, net: NetworkInputs, timer: StageTimer) -> np.ndarray:
+        """The ``postprocess`` and ``restore`` stages: the merged label map on the input's grid.
+
+        Merge and post-processing run on the network grid when both models share it, else on the
+        input's grid after restoring each map.
+        """
+        rec_o, rec_t = net.organ_record, net.tumor_record
+        if tumor_label is None or _same_network_grid(rec_o, rec_t):
+            with timer.stage("postprocess"):
+                merged = self._merge(organ_label, tumor_label, rec_o.network.spacing)
+            with timer.stage("restore"):
+                return restore_label(merged, rec_o)
+        with timer.stage("restore"):
+            organ_full = restore_label(organ_label, rec_o)
+            tumor_full = restore_label(tumor_label, rec_t)
+        with timer.stage("postprocess"):
+            return self._merge(organ_full, tumor_full, rec_o.original.spacing)
+
+    def _slab(self, shape: tuple[int, ...], model: ModelPredictor) -> Box:
+        """The whole network grid, or in paper mode its middle slab along K."""
+        cfg = self.config
+        if cfg.paper_slices is None:
+            return full_box(shape)
+        n = slices_for_extent(cfg.paper_slices * cfg.paper_slice_mm, model.spacing[2])
+        return middle_slab(shape, n, axis=2)
+
+    def _locate_organs(self, image: np.ndarray, slab: Box, report: PredictionReport, progress: bool) -> Box:
+        """The coarse pass: organ model on the pooled image; organs' box + margin on the network grid."""
+        cfg, organ = self.config, self.organ
+        coarse = downsample(image, cfg.roi_downsample)
+        report.tiles["roi"] = organ.count_tiles(coarse.shape, cfg.roi_step)
+        coarse_label = organ.predict_labels(
+            coarse, step=cfg.roi_step, precision=cfg.precision, tile_batch_size=cfg.tile_batch_size,
+            progress=progress, desc=f"{report.case}: roi",
+        )
+        found = label_box(coarse_label, ORGAN_IDS)
+        if found is None:
+            report.notes.append("the coarse pass found no organ: the whole volume is predicted")
+            log.warning("%s: the coarse pass found no organ; predicting the whole volume", report.case)
+            return slab
+        box = scale_box(found, coarse.shape, image.shape)
+        box = expand_box(box, margin_voxels(cfg.roi_margin_mm, organ.spacing), image.shape)
+        box = ensure_min_size(box, organ.patch_size, image.shape)
+        return intersect(box, slab)
+
+    def _tumor_box(
+        self,
+        organ_label: np.ndarray,
+        rec_o: PreprocessRecord,
+        rec_t: PreprocessRecord,
+        shape_t: tuple[int, ...],
+        tumor: ModelPredictor,
+        report: PredictionReport,
+    ) -> Box | None:
+        """Where the tumour model runs on its grid; None when it is skipped."""
+        cfg = self.config
+        slab = self._slab(shape_t, tumor)
+        if not cfg.roi:
+            return slab
+        hosts = label_box(organ_label, LESION_HOST_IDS)
+        if hosts is None:
+            report.notes.append("no lesion-host organ found: the tumour model was not run")
+            log.info("%s: no lesion-host organ predicted; skipping the tumour model", report.case)
+            return None
+        box = expand_box(hosts, margin_voxels(cfg.tumor_margin_mm, rec_o.network.spacing), organ_label.shape)
+        box = map_box(box, rec_o.network, rec_t.network)
+        box = intersect(ensure_min_size(box, tumor.patch_size, shape_t), slab)
+        return None if is_empty(box) else box
+
+    def _merge(self, organ_label: np.ndarray, tumor_label: np.ndarray | None, spacing: tuple[float, ...]) -> np.ndarray:
+        cfg = self.config
+        organs = postprocess(organ_label, spacing, cfg.postprocess) if cfg.postprocess.enabled else organ_label
+        if tumor_label is None:
+            return organs.astype(np.uint8, copy=False)
+        lesions = postprocess(tumor_label, spacing, cfg.postprocess) if cfg.postprocess.enabled else tumor_label
+        return merge_labels(organs, lesions, host_ids=LESION_HOST_IDS if cfg.tumor_in_organs_only else None)
+
+
+# --------------------------------------------------------------------------------------- functions
+def predict_case(
+    image: str | os.PathLike | Volume,
+    output_path: str | os.PathLike,
+    *,
+    organ_model: str | os.PathLike | ModelPredictor,
+    tumor_model: str | os.PathLike | ModelPredictor | None,
+    config: InferenceConfig | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> PredictionReport:
+    """Load both models, segment one CT and write its label map (ids 0-14) in the input's exact geometry.
+
+    Args:
+        image: a CT file, a DICOM series folder or a :class:`~flareseg.io.volume.Volume`.
+        output_path: the label file to write (atomically).
+        organ_model, tumor_model: model folders (or loaded predictors); `tumor_model` None predicts organs only.
+        config: inference settings (default: ``InferenceConfig.for_mode('fast')``).
+        device: 'cpu', 'cuda', 'auto', ...
+
+    Returns:
+        The report; ``timings['load']`` is the model loading time and is included in 'total'.
+
+    Raises:
+        InputError: unreadable input (the message names the file).
+        ModelFolderError: a model folder is missing or invalid.
+    """
+    predictor = TwoStepPredictor(organ_model, tumor_model, config=config, device=device)
+    report = predictor.predict(image, output_path, progress=progress)
+    report.timings["load"] = predictor.load_seconds
+    report.timings["total"] += predictor.load_seconds
+    return report
+
+

@@ -1,0 +1,127 @@
+"""The FLARE / nnU-Net file layout: one home for case naming and case discovery.
+
+Images are ``<case>_0000.nii.gz`` (the channel suffix of nnU-Net naming), labels and predictions
+``<case>.nii.gz``; a training cohort has ``imagesTr/``, ``labelsTr/`` and ``unlabel*/`` folders; an
+input folder for prediction holds image files and/or DICOM series sub-folders.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from flareseg.errors import InputError
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+IMAGE_CHANNEL_SUFFIX = "_0000"
+"""nnU-Net's channel suffix of image file names: ``<case>_0000.nii.gz``."""
+LABEL_SUFFIX = ".nii.gz"
+"""Labels and predictions are ``<case>.nii.gz``."""
+OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+"""Volume formats flareseg writes (single files: an .mhd header would lose its separate .raw on a rename)."""
+
+
+def label_file_name(case: str) -> str:
+    """The label / prediction file name of `case`: ``<case>.nii.gz``."""
+    return case + LABEL_SUFFIX
+
+
+def is_image_path(path: Path) -> bool:
+    """True when `path` names a file of a supported volume format."""
+    name = path.name.lower()
+    return path.is_file() and any(name.endswith(s) for s in IMAGE_SUFFIXES)
+
+
+def strip_image_suffix(name: str) -> str:
+    """Return `name` without its volume-format suffix ('case_0000.nii.gz' -> 'case_0000')."""
+    lower = name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def case_name(image_path: Path) -> str:
+    """'FLARE23_0001_0000.nii.gz' -> 'FLARE23_0001' (the channel suffix of nnU-Net naming dropped); other names lose only their suffix."""
+    stem = strip_image_suffix(image_path.name)
+    if stem.endswith(IMAGE_CHANNEL_SUFFIX) and len(stem) > len(IMAGE_CHANNEL_SUFFIX):
+        return stem[: -len(IMAGE_CHANNEL_SUFFIX)]
+    return stem
+
+
+def find_training_cases(data_dir: Path) -> list[tuple[str, Path, Path | None]]:
+    """(case, image path, label path or None) for every training image of a FLARE-layout cohort.
+
+    Raises:
+        InputError: the folder does not exist or holds no ``imagesTr`` nor ``unlabel*`` folder.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputError(f"{data_dir}: no such cohort folder")
+    folders = [data_dir / "imagesTr"] if (data_dir / "imagesTr").is_dir() else []
+    folders += sorted(p for p in data_dir.iterdir() if p.is_dir() and p.name.lower().startswith("unlabel"))
+    if not folders:
+        raise InputError(f"{data_dir}: not a FLARE-layout cohort (expected an imagesTr/ folder and/or unlabeled*/ folders)")
+    labels_dir = data_dir / "labelsTr"
+    cases = []
+    for folder in folders:
+        for image in image_files(folder):
+            name = case_name(image)
+            label = labels_dir / label_file_name(name) if folder.name == "imagesTr" else None
+            cases.append((name, image, label if label is not None and label.exists() else None))
+    return cases
+
+
+@dataclass(frozen=True)
+class CaseInput:
+    """One case of an input folder: its name, its image (file or DICOM folder) and the output file name."""
+
+    name: str
+    path: Path
+
+    @property
+    def output_name(self) -> str:
+        return label_file_name(self.name)
+
+
+def is_dicom_folder(folder: Path) -> bool:
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return False
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if is_image_path(p) and not p.name.startswith("."))
+
+
+def is_single_series(folder: Path) -> bool:
+    """True when `folder` is itself one DICOM series (and holds no image file): one case, not a batch."""
+    return not image_files(folder) and is_dicom_folder(folder)
+
+
+def find_cases(input_dir: str | os.PathLike) -> list[CaseInput]:
+    """The cases of an input folder, sorted by name.
+
+    Every image file (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``) is a case, and so is every
+    sub-folder holding a DICOM series. A folder that is itself a DICOM series (and holds no image
+    file) is one case named after the folder. Other files are ignored.
+
+    Raises:
+        InputError: the folder does not exist or holds no case.
+    """
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise InputError(f"{input_dir}: input folder not found")
+    if is_single_series(input_dir):
+        return [CaseInput(input_dir.name, input_dir)]
+    files = image_files(input_dir)
+    folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    cases = [CaseInput(case_name(p), p) for p in files]
+    cases += [CaseInput(p.name, p) for p in folders if is_dicom_folder(p)]
+    if not cases:
+        raise InputError(f"{input_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) or DICOM series found")
+    return sorted(cases, key=lambda c: c.name)
