@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     predictions = {}
     for name, config in settings.items():
         start = time.perf_counter()
-        predictions[name], _ = TwoStepPredictor(args.organ_model, None, config=config, device=args.device).segment(image)
+        predictions[name] = TwoStepPredictor(args.organ_model, None, config=config, device=args.device).segment(image).label.array
         print(f"{name}: {time.perf_counter() - start:.1f} s", file=sys.stderr)
 
     reference = predictions["accurate"]

@@ -158,7 +158,7 @@ def test_real_samples_output_geometry_equals_input(real_data, model_folders, tmp
 @pytest.mark.parametrize("code", ["RAS", "PLI", "SLA", "LPI"])
 def test_any_orientation_gives_the_same_physical_labels(thresholds, tmp_path, code):
     image, truth = phantom_ct(shape=(40, 36, 30), spacing=(2.0, 2.0, 3.0))
-    ref_label, _ = thresholds.segment(image)
+    ref_label, _ = _arrays(thresholds.segment(image))
     other = reoriented(image, code)
     path = tmp_path / "in_0000.nii.gz"
     write_volume(other, path)
@@ -186,7 +186,7 @@ def test_models_with_different_spacings(tmp_path):
     """The tumour model on its own grid: merge and post-processing happen on the input's grid."""
     predictor = TwoStepPredictor(organ_thresholds(), tumor_thresholds(spacing=(3.0, 3.0, 2.5)), config=FAST)
     image, truth = phantom_ct(direction=np.diag([-1.0, -1.0, 1.0]))
-    label, report = predictor.segment(image)
+    label, report = _arrays(predictor.segment(image))
     assert label.shape == image.shape
     assert _dice(label == LESION, truth.array == 2) > 0.8
     assert _dice(label == LIVER, np.isin(truth.array, [1, LESION])) > 0.8
@@ -196,7 +196,7 @@ def test_models_with_different_spacings(tmp_path):
 def test_organ_model_only(tmp_path):
     predictor = TwoStepPredictor(organ_thresholds(), None, config=FAST)
     image, truth = phantom_ct()
-    label, report = predictor.segment(image)
+    label, report = _arrays(predictor.segment(image))
     assert set(np.unique(label)) <= {0, LIVER, RIGHT_KIDNEY}
     assert "tumor" not in report.timings
 
@@ -255,7 +255,7 @@ def test_paper_mode_leaves_everything_outside_the_middle_slices_background(tmp_p
     organ = threshold_predictor("organ", {LIVER: 20.0})
     predictor = TwoStepPredictor(organ, tumor_thresholds(), config=InferenceConfig.for_mode("paper"))
     lps, _ = phantom_ct(shape=(40, 36, 60), spacing=(2.0, 2.0, 3.0), origin=(0.0, 0.0, 0.0))
-    label, report = predictor.segment(reoriented(lps, code))
+    label, report = _arrays(predictor.segment(reoriented(lps, code)))
     label = reoriented(Volume(label, *_geometry(reoriented(lps, code))), "LPS").array
     # Network grid: 180 mm at 4 mm = 45 slices; 50 mm = round(12.5) = 12 slices, starting at (45 - 12) // 2.
     assert report.network_shape[2] == 45
@@ -278,7 +278,7 @@ def _geometry(volume: Volume):
 def test_fast_mode_restricts_the_models_to_the_organs(tmp_path):
     predictor = TwoStepPredictor(organ_thresholds(), tumor_thresholds(), config=InferenceConfig.for_mode("fast"))
     image, truth = phantom_ct(shape=(80, 72, 60), spacing=(2.0, 2.0, 2.0))
-    label, report = predictor.segment(image)
+    label, report = _arrays(predictor.segment(image))
     net = report.network_shape
     organ_box, tumor_box = report.organ_box, report.tumor_box
     # the organs' box + 20 mm lies inside the grid and is smaller than it; it holds the whole liver
@@ -286,7 +286,7 @@ def test_fast_mode_restricts_the_models_to_the_organs(tmp_path):
     assert report.tiles["organ"] < predictor.organ.count_tiles(net, predictor.config.step)
     assert tumor_box is not None and all(a >= c and b <= d for (a, b), (c, d) in zip(tumor_box, ((0, n) for n in net)))
     accurate = TwoStepPredictor(organ_thresholds(), tumor_thresholds(), config=InferenceConfig.for_mode("accurate"))
-    ref, _ = accurate.segment(image)
+    ref, _ = _arrays(accurate.segment(image))
     for value in (LIVER, LESION):
         assert _dice(label == value, ref == value) > 0.99
     assert _dice(label == LIVER, np.isin(truth.array, [1, LESION])) > 0.8
@@ -296,7 +296,7 @@ def test_tumour_model_skipped_without_host_organs():
     image, _ = phantom_ct()
     image = image.with_array(np.minimum(image.array, 60))  # no organ brighter than the body
     predictor = TwoStepPredictor(organ_thresholds(), tumor_thresholds(), config=FAST)
-    label, report = predictor.segment(image)
+    label, report = _arrays(predictor.segment(image))
     assert not label.any()
     assert report.tumor_box is None and "tumor" not in report.tiles
     assert any("no organ" in n for n in report.notes) or any("lesion-host" in n for n in report.notes)
@@ -312,8 +312,8 @@ def test_tumor_in_organs_only(tmp_path):
     organ = threshold_predictor("organ", {LIVER: 110.0})
     tumor = threshold_predictor("tumor", {1: 95.0})
     settings = dict(roi=False, step=1.0)
-    loose, _ = TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", **settings)).segment(image)
-    strict, _ = TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", tumor_in_organs_only=True, **settings)).segment(image)
+    loose, _ = _arrays(TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", **settings)).segment(image))
+    strict, _ = _arrays(TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", tumor_in_organs_only=True, **settings)).segment(image))
     assert (loose[10:14, 18:22, 1:5] == LESION).all()
     assert not (strict[8:16, 15:25, 0:7] == LESION).any()
     assert (strict == LESION).sum() > 0  # the lesions inside the 'liver' stay
@@ -384,6 +384,11 @@ def test_failure_while_writing_leaves_no_partial_file(thresholds, tmp_path, monk
     batch = run_folder(thresholds, inputs, outputs, progress=False)
     assert list(batch.failed) == ["b"] and "disk full" in batch.failed["b"]
     assert _listing(outputs) == ["a.nii.gz", "c.nii.gz"]  # no b.nii.gz, no temporary file
+
+
+def _arrays(segmentation):
+    """(label array, report) of a Segmentation."""
+    return segmentation.label.array, segmentation.report
 
 
 def _dead_pid() -> int:

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -40,7 +41,7 @@ import torch
 from flareseg.errors import ConfigError
 from flareseg.inference.config import InferenceConfig
 from flareseg.inference.reports import PredictionReport, StageTimer
-from flareseg.io import Volume, case_name, read_image, remove_stale_temporaries, strip_image_suffix, write_label
+from flareseg.io import Grid, Volume, case_name, read_image, remove_stale_temporaries, strip_image_suffix, write_label
 from flareseg.labels import LESION_HOST_IDS, NUM_ORGAN_CHANNELS, NUM_TUMOR_CHANNELS, ORGAN_IDS
 from flareseg.model.device import resolve_device
 from flareseg.model.predictor import ModelPredictor, downsample
@@ -78,6 +79,13 @@ def _as_predictor(model: str | os.PathLike | ModelPredictor, device: torch.devic
 
 def _same_network_grid(a: PreprocessRecord, b: PreprocessRecord) -> bool:
     return a.crop == b.crop and a.network.matches(b.network) and a.canonical.matches(b.canonical)
+
+
+class Segmentation(NamedTuple):
+    """The result of segmenting one CT: the label map on the input's grid and what happened."""
+
+    label: Volume
+    report: PredictionReport
 
 
 @dataclass
@@ -126,15 +134,17 @@ class TwoStepPredictor:
         return f"TwoStepPredictor(organ={self.organ!r}, tumor={self.tumor!r}, mode={self.config.mode!r})"
 
     # ----------------------------------------------------------------------------------- one case
-    def segment(self, image: Volume, *, case: str = "volume", progress: bool = False) -> tuple[np.ndarray, PredictionReport]:
-        """Segment a CT volume in memory.
+    def segment(self, image: str | os.PathLike | Volume, *, case: str | None = None, progress: bool = False) -> Segmentation:
+        """Segment a CT (a file, a DICOM series folder or a :class:`Volume`) without writing anything.
 
         Returns:
-            (label, report): the (I, J, K) uint8 label map (ids 0-14) on `image`'s exact grid, and the report.
+            The label map (uint8 ids 0-14) as a :class:`Volume` on the input's exact grid, and the report.
         """
+        if case is None:
+            case = "volume" if isinstance(image, Volume) else case_name(Path(image))
         report = PredictionReport(case=case)
-        label = self._run(image, report, progress=progress)
-        return label, report
+        label, grid = self._run(image, report, progress=progress)
+        return Segmentation(Volume.on_grid(label, grid), report)
 
     def predict(
         self,
@@ -168,8 +178,8 @@ class TwoStepPredictor:
         output_path: Path | None = None,
         progress: bool = False,
         on_stage: Callable[[str], None] | None = None,
-    ) -> np.ndarray:
-        """The stages of one case (module docstring); returns the label map on the input's grid."""
+    ) -> tuple[np.ndarray, Grid]:
+        """The stages of one case (module docstring); returns the label map and the input's grid."""
         timer = StageTimer(report.timings, on_stage)
         report.mode, report.device = self.config.mode, str(self.device)
         start = time.perf_counter()
@@ -196,7 +206,7 @@ class TwoStepPredictor:
                 write_label(label, net.organ_record.original, output_path)
         report.timings["total"] = time.perf_counter() - start
         log.info("%s", report.summary())
-        return label
+        return label, net.organ_record.original
 
     # ----------------------------------------------------------------------------------- stages
     def _preprocess(self, volume: Volume) -> NetworkInputs:
@@ -359,3 +369,41 @@ def predict_case(
     return report
 
 
+def predict(
+    image: str | os.PathLike | Volume,
+    output: str | os.PathLike | None = None,
+    *,
+    organ_model: str | os.PathLike | ModelPredictor,
+    tumor_model: str | os.PathLike | ModelPredictor | None = None,
+    mode: str = "fast",
+    config: InferenceConfig | None = None,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> Segmentation:
+    """Segment one CT with both models and return (and optionally write) its label map.
+
+    Args:
+        image: a CT file (NIfTI, NRRD, MHA), a DICOM series folder or a :class:`Volume` in HU.
+        output: the label file to write atomically (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``); None writes nothing.
+        organ_model, tumor_model: model folders (flareseg or nnU-Net v2) or loaded predictors;
+            `tumor_model` None segments organs only.
+        mode: ``"fast"`` (default), ``"accurate"`` or ``"paper"``; ignored when `config` is given.
+        config: full inference settings (:meth:`InferenceConfig.for_mode` with overrides).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
+
+    Returns:
+        A :class:`Segmentation`: ``label`` (uint8 ids 0-14, the input's exact shape, spacing, origin
+        and direction) and ``report`` (per-stage seconds, boxes, voxel counts, notes).
+
+    Raises:
+        InputError: unreadable input or not a CT (the message names the file).
+        ModelFolderError: a model folder is missing or invalid.
+        ConfigError: an unknown mode or an invalid setting.
+    """
+    predictor = TwoStepPredictor(organ_model, tumor_model, config=config or InferenceConfig.for_mode(mode), device=device)
+    result = predictor.segment(image, progress=progress)
+    if output is not None:
+        write_label(result.label.array, result.label.grid, output)
+        result.report.output = str(output)
+    result.report.timings["load"] = predictor.load_seconds
+    return result
