@@ -1,5 +1,6 @@
 """The command line: bad input gives exit code 2, one line on stderr, no traceback and no output file."""
 
+import os
 import subprocess
 import sys
 
@@ -49,14 +50,13 @@ def _bad_inputs(tmp_path):
     }
 
 
-def test_predict_bad_inputs_exit_2_with_one_line(models, tmp_path):
+def test_predict_bad_inputs_exit_2_with_one_line(models, tmp_path, capsys):
     organ, tumor = models
     for problem, path in _bad_inputs(tmp_path).items():
         out = tmp_path / f"out_{problem.replace(' ', '_')}.nii.gz"
-        run = flareseg("predict", "-i", path, "-o", out, "--organ-model", organ, "--tumor-model", tumor)
-        assert run.returncode == 2, (problem, run.stderr)
-        lines = run.stderr.strip().splitlines()
-        assert len(lines) == 1 and "Traceback" not in run.stderr, (problem, run.stderr)
+        code, lines = _run_main(capsys, "-q", "predict", "-i", path, "-o", out, "--organ-model", organ, "--tumor-model", tumor)
+        assert code == 2, (problem, lines)
+        assert len(lines) == 1 and "Traceback" not in lines[0], (problem, lines)
         assert path.name in lines[0], (problem, lines[0])
         assert not out.exists(), problem
         assert not list(tmp_path.glob(f".{out.name}*")), problem
@@ -104,3 +104,89 @@ def test_evaluate_writes_tables(tmp_path):
     run = flareseg("evaluate", "--pred", pred, "--ref", ref, "--out", tmp_path / "scores")
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "scores" / "per_case.csv").read_text().splitlines()[0] == "case,label,name,dsc,nsd"
+
+
+def _run_main(capsys, *args):
+    """The CLI in this process (fast): (exit code, stderr lines)."""
+    from flareseg.cli import main
+
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.fixture()
+def ct_file(tmp_path):
+    image, _ = phantom_ct()
+    return write_volume(image, tmp_path / "ct.nii.gz")
+
+
+def test_output_paths_are_refused_before_any_work(models, ct_file, tmp_path, capsys):
+    organ, _ = models
+    folder = tmp_path / "existing"
+    folder.mkdir()
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x")
+    link = tmp_path / "link.nii.gz"
+    link.symlink_to(ct_file)
+    before = ct_file.read_bytes()
+    cases = {
+        "the input itself": (ct_file, "is the input"),
+        "a link to the input": (link, "is the input"),
+        "an existing folder": (folder, "existing folder"),
+        "no suffix": (tmp_path / "seg", "unknown output type"),
+        "DICOM": (tmp_path / "seg.dcm", "DICOM"),
+        "parent is a file": (a_file / "seg.nii.gz", "is a file"),
+    }
+    for problem, (output, words) in cases.items():
+        code, err = _run_main(capsys, "predict", "-i", ct_file, "-o", output, "--organ-model", organ, "--overwrite")
+        assert code == 2 and len(err) == 1 and words in err[0], (problem, err)
+    assert ct_file.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ct.nii.gz", "existing", "a_file.txt", "link.nii.gz"])
+
+
+def test_folder_run_into_a_file_is_refused(models, tmp_path, capsys):
+    organ, _ = models
+    image, _ = phantom_ct()
+    inputs = tmp_path / "in"
+    write_volume(image, inputs / "a_0000.nii.gz")
+    target = tmp_path / "out.nii.gz"
+    target.write_text("x")
+    code, err = _run_main(capsys, "predict", "-i", inputs, "-o", target, "--organ-model", organ)
+    assert code == 2 and "is a file" in err[0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder_is_refused(models, ct_file, tmp_path, capsys):
+    organ, _ = models
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    code, err = _run_main(capsys, "predict", "-i", ct_file, "-o", ro / "seg.nii.gz", "--organ-model", organ)
+    assert code == 2 and "not writable" in err[0]
+
+
+@pytest.mark.parametrize("value", ["0.01", "nan", "2", "x"])
+def test_bad_step_values_are_refused_by_name(models, ct_file, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        _run_main(capsys, "predict", "-i", ct_file, "-o", tmp_path / "s.nii.gz", "--organ-model", models[0], "--step", value)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "--step" in err and "Traceback" not in err
+
+
+def test_a_misspelt_option_is_named_with_a_suggestion(models, ct_file, tmp_path, capsys):
+    code, err = _run_main(capsys, "predict", "-i", ct_file, "-o", tmp_path / "s.nii.gz", "--orgn-model", models[0])
+    assert code == 2 and len(err) == 1 and "did you mean --organ-model" in err[0]
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0", "inf"])
+def test_train_refuses_bad_learning_rates(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        _run_main(capsys, "train", "--task", "organ", "--prepared", tmp_path, "--out", tmp_path / "m", "--lr", value)
+    assert exit_info.value.code == 2 and "--lr" in capsys.readouterr().err
+
+
+def test_verbosity_flags_work_after_the_subcommand(models, ct_file, tmp_path, capsys):
+    organ, _ = models
+    code, _ = _run_main(capsys, "predict", "-q", "-i", ct_file, "-o", tmp_path / "seg.nii.gz", "--organ-model", organ)
+    assert code == 0 and (tmp_path / "seg.nii.gz").is_file()
+

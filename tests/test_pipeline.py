@@ -507,3 +507,47 @@ def test_paper_slab():
     assert middle_slab((10, 10, 30), 50) == ((0, 10), (0, 10), (0, 30))
     with pytest.raises(ConfigError):
         middle_slab((10, 10, 30), 0)
+
+
+def test_empty_or_truncated_outputs_are_redone(thresholds, tmp_path):
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    _write_inputs(inputs)
+    first = run_folder(thresholds, inputs, outputs, progress=False)
+    assert not first.failed
+    whole = (outputs / "b.nii.gz").read_bytes()
+    (outputs / "a.nii.gz").write_bytes(b"")
+    (outputs / "b.nii.gz").write_bytes(whole[: len(whole) // 2])
+    again = run_folder(thresholds, inputs, outputs, progress=False)
+    assert sorted(r.case for r in again.predicted) == ["a", "b"] and again.skipped == ["c"]
+    assert (outputs / "b.nii.gz").read_bytes() == whole
+
+
+def test_a_case_locked_by_another_run_is_left_to_it(thresholds, tmp_path):
+    import fcntl
+
+    inputs, outputs = tmp_path / "in", tmp_path / "out"
+    _write_inputs(inputs)
+    outputs.mkdir()
+    with open(outputs / ".b.lock", "w") as other_run:
+        fcntl.flock(other_run, fcntl.LOCK_EX)
+        batch = run_folder(thresholds, inputs, outputs, progress=False)
+    assert sorted(r.case for r in batch.predicted) == ["a", "c"] and batch.skipped == ["b"]
+    assert not (outputs / "b.nii.gz").exists()
+
+
+def test_parts_split_the_cases_disjointly_by_name(thresholds, tmp_path):
+    from flareseg.inference.folder import in_part, parse_part
+
+    names = [f"case_{i:03d}" for i in range(200)]
+    shards = [[n for n in names if in_part(n, (i, 4))] for i in range(4)]
+    assert sorted(sum(shards, [])) == names and all(20 < len(s) < 80 for s in shards)
+    assert [n for n in names[:50] if in_part(n, (1, 4))] == [n for n in shards[1] if n in names[:50]]  # adding cases moves none
+    with pytest.raises(ConfigError):
+        parse_part("4/4")
+    inputs = tmp_path / "in"
+    _write_inputs(inputs)
+    done = set()
+    for i in range(2):
+        batch = run_folder(thresholds, inputs, tmp_path / "out", progress=False, part=(i, 2))
+        done |= {r.case for r in batch.predicted}
+    assert done == {"a", "b", "c"}

@@ -6,7 +6,9 @@ Library errors (:class:`flareseg.errors.FlaresegError`) become one line on stder
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
+import math
 import os
 import sys
 from functools import partial
@@ -87,20 +89,32 @@ def _inference_config(args: argparse.Namespace):
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from flareseg.inference import TwoStepPredictor, run_folder
+    from flareseg.inference.folder import parse_part, plan_folder
     from flareseg.io import is_single_series
+    from flareseg.io.output import check_output_file, is_complete_volume
 
+    # Every path is checked before the models load: a bad output must not cost a prediction.
+    folder_run = args.input.is_dir() and not is_single_series(args.input)
+    part = parse_part(args.part) if args.part else None
+    if folder_run:
+        plan_folder(args.input, args.output, overwrite=args.overwrite, part=part)
+    else:
+        if part is not None:
+            raise FlaresegError("--part needs a folder of cases as input")
+        if not args.input.exists():
+            raise FlaresegError(f"{args.input}: no such file or folder")
+        check_output_file(args.output, source=args.input)
+        if not args.overwrite and is_complete_volume(args.output):
+            print(f"{args.output} exists; skipped (use --overwrite to replace it)")
+            return 0
     predictor = TwoStepPredictor(args.organ_model, args.tumor_model, config=_inference_config(args), device=args.device)
-    if args.input.is_dir() and not is_single_series(args.input):
-        report = run_folder(predictor, args.input, args.output, overwrite=args.overwrite, progress=not args.quiet)
+    if folder_run:
+        report = run_folder(predictor, args.input, args.output, overwrite=args.overwrite, progress=not args.quiet, part=part)
         print(report.summary())
         return 0 if report.ok else EXIT_INPUT_ERROR
-    if args.output.exists() and not args.overwrite:
-        print(f"{args.output} exists; skipped (use --overwrite to replace it)")
-        return 0
     report = predictor.predict(args.input, args.output, progress=not args.quiet)
     print(report.summary())
     return 0
-
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
@@ -133,81 +147,161 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _number(kind: type, *, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):
+    """An argparse type: a finite `kind` within [low, high] (open ends where asked); the message names the range."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a{'n integer' if kind is int else ' number'}, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be finite, got {text!r}")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low}, got {text!r}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {high}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+POSITIVE_INT = _number(int, low=1)
+SEED = _number(int, low=0, high=2**31 - 1)
+MINUTES = _number(float, low=0, low_open=True, high=60 * 24 * 30)
+LEARNING_RATE = _number(float, low=0, low_open=True, high=10)
+STEP = _number(float, low=0.1, high=1)
+"""Sliding-window step, a fraction of the patch: below 0.1 the tiles (and the run time) grow without bound."""
+
+EXAMPLES = {
+    "synth": "flareseg synth --out cohort --cases 20 --val-cases 4 --size small",
+    "prepare": "flareseg prepare --data /data/FLARE23 --out prepared",
+    "train": (
+        "flareseg train --task organ --prepared prepared --out models/organ --max-minutes 30\n"
+        "  flareseg train --task organ --prepared prepared --out models/organ --resume\n"
+        "  flareseg train --task organ --prepared prepared --out models/organ --preset paper --device cuda"
+    ),
+    "predict": (
+        "flareseg predict -i ct.nii.gz -o ct_seg.nii.gz --organ-model models/organ --tumor-model models/tumor\n"
+        "  flareseg predict -i dicom_series/ -o seg.nii.gz --organ-model models/organ --mode accurate\n"
+        "  flareseg predict -i imagesTs/ -o predictions/ --organ-model models/organ --tumor-model models/tumor --part 0/4"
+    ),
+    "benchmark": "flareseg benchmark -i imagesTs/ --out bench --organ-model models/organ --tumor-model models/tumor",
+    "demo": "flareseg demo --out runs/demo        (bash scripts/demo.sh sets up and runs this)",
+    "evaluate": "flareseg evaluate --pred predictions --ref labelsTs --out scores",
+}
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """-v / -q, accepted before and after the subcommand (a subcommand's copy does not reset the other)."""
+    default = False if top else argparse.SUPPRESS
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="debug logging, tracebacks of internal errors")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress bars, warnings only")
+
+
+def _subcommand(sub, name: str, help_text: str, func) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+    )
+    _add_verbosity(p, top=False)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flareseg", description="Two-step abdominal CT segmentation (FLARE23).")
+    parser = argparse.ArgumentParser(prog="flareseg", description="Two-step abdominal CT segmentation (FLARE23).", allow_abbrev=False)
     parser.add_argument("--version", action="version", version=f"flareseg {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    _add_verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("synth", help="write a synthetic FLARE-style phantom cohort")
+    p = _subcommand(sub, "synth", "write a synthetic FLARE-style phantom cohort", _cmd_synth)
     p.add_argument("--out", required=True, type=Path, help="output cohort folder")
-    p.add_argument("--cases", type=int, default=20, help="training cases (default 20)")
-    p.add_argument("--val-cases", type=int, default=4, help="validation cases, labels kept apart (default 4)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--cases", type=POSITIVE_INT, default=20, help="training cases (default 20)")
+    p.add_argument("--val-cases", type=_number(int, low=0), default=4, help="validation cases, labels kept apart (default 4)")
+    p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.add_argument("--size", choices=("full", "small"), default="full", help="full: 512x512 at 0.6-1 mm; small: ~1.5-2 mm, fast")
-    p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("prepare", help="scan a FLARE-layout cohort, select and split the training sets")
+    p = _subcommand(sub, "prepare", "scan a FLARE-layout cohort, select and split the training sets", _cmd_prepare)
     p.add_argument("--data", required=True, type=Path, help="cohort folder (imagesTr/, labelsTr/, unlabeled*/)")
     p.add_argument("--out", required=True, type=Path, help="output folder for manifest.json")
-    p.add_argument("--seed", type=int, default=0, help="seed of the 8:2 split (default 0)")
-    p.set_defaults(func=_cmd_prepare)
+    p.add_argument("--seed", type=SEED, default=0, help="seed of the 8:2 split (default 0)")
 
-    p = sub.add_parser("train", help="train the organ or tumour model on a prepared cohort")
+    p = _subcommand(sub, "train", "train the organ or tumour model on a prepared cohort", _cmd_train)
     p.add_argument("--task", required=True, choices=("organ", "tumor"))
     p.add_argument("--prepared", required=True, type=Path, help="folder written by `flareseg prepare`")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
     p.add_argument("--preset", choices=("paper", "cpu", "tiny"), default="cpu", help="paper: the paper's protocol (GPU); cpu: light network at 2-2.5 mm; tiny: tests")
-    p.add_argument("--epochs", type=int, help="total epochs (default: the preset's)")
-    p.add_argument("--iterations", type=int, help="iterations per epoch (default: the preset's)")
-    p.add_argument("--lr", type=float, help="initial learning rate (default: the preset's)")
-    p.add_argument("--lr-horizon", type=int, metavar="EPOCHS", help="epochs over which the poly schedule decays the lr to 0 (default: the preset's)")
-    p.add_argument("--max-minutes", type=float, help="stop after this wall time, leaving a resumable model")
+    p.add_argument("--epochs", type=POSITIVE_INT, help="total epochs (default: the preset's)")
+    p.add_argument("--iterations", type=POSITIVE_INT, help="iterations per epoch (default: the preset's)")
+    p.add_argument("--lr", type=LEARNING_RATE, help="initial learning rate (default: the preset's)")
+    p.add_argument("--lr-horizon", type=POSITIVE_INT, metavar="EPOCHS", help="epochs over which the poly schedule decays the lr to 0 (default: the preset's)")
+    p.add_argument("--max-minutes", type=MINUTES, help="stop after this wall time, leaving a resumable model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
     p.add_argument("--init-from", type=Path, help="fine-tune from this model folder (lr 5e-5, 40 epochs)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.set_defaults(func=_cmd_train)
 
     for name, help_text, func in (
         ("predict", "two-step segmentation of a CT file, a DICOM folder or a folder of CTs", _cmd_predict),
         ("benchmark", "predict case by case, measuring time and memory (Table 5)", _cmd_benchmark),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = _subcommand(sub, name, help_text, func)
         p.add_argument("-i", "--input", required=True, type=Path, help="CT file, DICOM series folder, or folder of <case>_0000.nii.gz")
         if name == "predict":
-            p.add_argument("-o", "--output", required=True, type=Path, help="label file, or output folder for a folder input")
+            p.add_argument("-o", "--output", required=True, type=Path, help="label file (.nii.gz, .nii, .nrrd, .mha), or output folder for a folder input")
             p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
+            p.add_argument("--part", metavar="I/N", help="folder input: predict only shard I (0-based) of N, chosen by case name (Slurm arrays)")
         else:
             p.add_argument("--out", required=True, type=Path, help="output folder (predictions/, efficiency.md/json, memory_curves.png)")
         p.add_argument("--organ-model", required=True, type=Path, help="organ model folder (flareseg, or an nnU-Net v2 trained model or fold folder)")
         p.add_argument("--tumor-model", type=Path, help="tumour model folder, flareseg or nnU-Net v2 (omit: organs only)")
         p.add_argument("--mode", choices=("fast", "accurate", "paper"), default="fast", help="fast (default), accurate, or the paper's procedure")
-        p.add_argument("--step", type=float, help="sliding-window step as a fraction of the patch (default: the mode's)")
+        p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's)")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-        p.set_defaults(func=func)
 
-    p = sub.add_parser("demo", help="the whole mission end to end on a synthetic cohort")
+    p = _subcommand(sub, "demo", "the whole mission end to end on a synthetic cohort", _cmd_demo)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="smaller cohort and shorter training: about 5 minutes")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("evaluate", help="score predictions with the FLARE23 DSC and NSD")
+    p = _subcommand(sub, "evaluate", "score predictions with the FLARE23 DSC and NSD", _cmd_evaluate)
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps <case>.nii.gz")
     p.add_argument("--ref", required=True, type=Path, help="folder of reference label maps <case>.nii.gz")
     p.add_argument("--out", required=True, type=Path, help="output folder (per_case.csv, summary.md, summary.json)")
     p.add_argument("--nsd-gate", type=float, default=0.1, choices=(0.1, 0.2), help="NSD is 0 when DSC < gate (0.1: FLARE23 test phase)")
     p.add_argument("--missing", choices=("error", "empty"), default="error", help="a missing prediction is an error, or scored as empty")
-    p.set_defaults(func=_cmd_evaluate)
     return parser
+
+
+def _unknown_option(parser: argparse.ArgumentParser, argv: list[str]) -> str | None:
+    """A message for the first option the chosen subcommand does not know (before argparse's 'required' error)."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = next((a for a in argv if a in subparsers.choices), None)
+    if command is None:
+        return None
+    known = set(parser._option_string_actions) | set(subparsers.choices[command]._option_string_actions)
+    for token in argv[argv.index(command) + 1 :]:
+        if token == "--":
+            break
+        option = token.split("=", 1)[0]
+        if option.startswith("-") and len(option) > 1 and not option[1:].replace(".", "").isdigit() and option not in known:
+            close = difflib.get_close_matches(option, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            return f"flareseg {command}: error: unknown option {option}{hint}; see `flareseg {command} --help`"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     # Idle OpenMP threads sleep instead of spinning: on a loaded 2-core machine a spinning torch thread
     # pool made a training step ~8x slower (docs/training.md). Must be set before torch is imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    unknown = _unknown_option(parser, argv)
+    if unknown is not None:
+        print(unknown, file=sys.stderr)
+        return EXIT_INPUT_ERROR
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
@@ -219,10 +313,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FlaresegError as exc:
         print(f"flareseg {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_INPUT_ERROR
+    except MemoryError:
+        print(f"flareseg {args.command}: error: out of memory (a smaller input, --mode fast, or a machine with more memory)", file=sys.stderr)
+    except OSError as exc:  # a full disk, a read-only file system, a permission: one line naming the file
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"flareseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"flareseg {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug: one line, the traceback with -v
+        if args.verbose:
+            raise
+        print(f"flareseg {args.command}: internal error: {type(exc).__name__}: {exc} (rerun with -v for the traceback; please report it)", file=sys.stderr)
+        return 1
+    return EXIT_INPUT_ERROR
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ from flareseg.errors import ConfigError
 from flareseg.inference.config import InferenceConfig
 from flareseg.inference.reports import PredictionReport, StageTimer
 from flareseg.io import Grid, Volume, case_name, read_image, remove_stale_temporaries, strip_image_suffix, write_label
+from flareseg.io.output import check_output_file
 from flareseg.labels import LESION_HOST_IDS, NUM_ORGAN_CHANNELS, NUM_TUMOR_CHANNELS, ORGAN_IDS
 from flareseg.model.device import resolve_device
 from flareseg.model.predictor import ModelPredictor, downsample
@@ -161,9 +162,10 @@ class TwoStepPredictor:
         atomically: it either appears complete or not at all.
 
         Raises:
-            InputError: the input cannot be read or is not a CT; the message names the file.
+            InputError: the input cannot be read or is not a CT, or the output path cannot be written
+                (the input itself, a folder, an unknown suffix, a read-only folder); checked first.
         """
-        output_path = Path(output_path)
+        output_path = check_output_file(output_path, source=None if isinstance(image, Volume) else image)
         if case is None:
             case = case_name(Path(image)) if not isinstance(image, Volume) else strip_image_suffix(output_path.name)
         report = PredictionReport(case=case, output=str(output_path))
@@ -362,6 +364,7 @@ def predict_case(
         InputError: unreadable input (the message names the file).
         ModelFolderError: a model folder is missing or invalid.
     """
+    check_output_file(output_path, source=None if isinstance(image, Volume) else image)  # before loading models
     predictor = TwoStepPredictor(organ_model, tumor_model, config=config, device=device)
     report = predictor.predict(image, output_path, progress=progress)
     report.timings["load"] = predictor.load_seconds
@@ -400,6 +403,8 @@ def predict(
         ModelFolderError: a model folder is missing or invalid.
         ConfigError: an unknown mode or an invalid setting.
     """
+    if output is not None:
+        output = check_output_file(output, source=None if isinstance(image, Volume) else image)
     predictor = TwoStepPredictor(organ_model, tumor_model, config=config or InferenceConfig.for_mode(mode), device=device)
     result = predictor.segment(image, progress=progress)
     if output is not None:

@@ -1,0 +1,137 @@
+"""Output paths decided before any work: what will be written, and whether it can be.
+
+A prediction that runs for minutes must not end in a traceback because its output path was unusable,
+nor overwrite its input. :func:`check_output_file` and :func:`check_output_folder` raise
+:class:`~flareseg.errors.InputError` naming the path and the problem; :func:`is_complete_volume`
+tells a finished output from a truncated or empty one without decoding it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+from flareseg.errors import InputError
+from flareseg.io.layout import OUTPUT_SUFFIXES
+
+_NIFTI_BYTES_PER_VOXEL = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
+"""NIfTI-1 datatype code -> bytes per voxel (uint8, int16, int32, float32, float64, int8, uint16, uint32, int64, uint64)."""
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _refuse_input(output: Path, source: Path | None) -> None:
+    """An output that is the input (the same file through any path or link) would destroy it."""
+    if source is not None and (_same_path(output, source) or output.resolve() == source.resolve()):
+        raise InputError(f"{output}: the output is the input {source}; choose another output path")
+
+
+def _check_writable_folder(folder: Path, output: Path) -> None:
+    """The nearest existing ancestor of `folder` must be a writable folder."""
+    probe = folder
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(f"{output}: cannot create it: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise InputError(f"{output}: cannot write there: {probe} is not writable (read-only file system or permissions)")
+
+
+def check_output_file(output: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
+    """Check that a single label map can be written at `output`; returns it as a Path.
+
+    Raises:
+        InputError: `output` is the input, an existing folder, has no or an unknown volume suffix, or
+            lies under a file or a read-only folder.
+    """
+    output = Path(output)
+    _refuse_input(output, None if source is None else Path(source))
+    if output.is_dir():
+        raise InputError(f"{output}: is an existing folder; for a single input give a file name such as {output / 'case.nii.gz'}")
+    name = output.name.lower()
+    if name.endswith(".dcm"):
+        raise InputError(f"{output}: DICOM output is not available; write {', '.join(OUTPUT_SUFFIXES)}")
+    if not name.endswith(OUTPUT_SUFFIXES):
+        raise InputError(f"{output}: unknown output type {output.suffix or '(no suffix)'!r}; the label map is written as one of {', '.join(OUTPUT_SUFFIXES)}")
+    _check_writable_folder(output.parent, output)
+    return output
+
+
+def check_output_folder(output: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
+    """Check that a folder of label maps can be written at `output`; returns it as a Path.
+
+    Raises:
+        InputError: `output` is the input folder, an existing file, or lies under a file or a
+            read-only folder.
+    """
+    output = Path(output)
+    if source is not None and (output.resolve() == Path(source).resolve() or _same_path(output, Path(source))):
+        raise InputError(f"{output}: the output folder must differ from the input folder (outputs would be read as inputs)")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output}: is a file; a folder input needs an output folder")
+    _check_writable_folder(output, output)
+    return output
+
+
+def is_complete_volume(path: str | os.PathLike) -> bool:
+    """True when `path` is a non-empty volume file whose stored data are whole (not truncated).
+
+    NIfTI is checked without decoding: an uncompressed file must be as long as its header says, a
+    gzipped one must end in the gzip trailer whose size field equals the header's data size. Other
+    formats are read through SimpleITK.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return False
+    if size == 0 or not path.is_file():
+        return False
+    name = path.name.lower()
+    try:
+        if name.endswith(".nii.gz"):
+            with gzip.open(path, "rb") as fh:
+                expected = _nifti1_total_bytes(fh.read(352))
+            with open(path, "rb") as raw:
+                raw.seek(-4, os.SEEK_END)
+                stored = struct.unpack("<I", raw.read(4))[0]
+            return expected is not None and stored == expected % 2**32
+        if name.endswith(".nii"):
+            with open(path, "rb") as fh:
+                expected = _nifti1_total_bytes(fh.read(352))
+            return expected is not None and size >= expected
+        import SimpleITK as sitk
+
+        sitk.ReadImage(str(path))
+        return True
+    except Exception:  # any failure to read means not complete
+        return False
+
+
+def _nifti1_total_bytes(header: bytes) -> int | None:
+    """vox_offset + voxel bytes of a NIfTI-1 header, or None when it is not one."""
+    if len(header) < 348:
+        return None
+    for order in "<>":
+        if struct.unpack(f"{order}i", header[:4])[0] != 348:
+            continue
+        dims = struct.unpack(f"{order}8h", header[40:56])
+        datatype = struct.unpack(f"{order}h", header[70:72])[0]
+        vox_offset = int(struct.unpack(f"{order}f", header[108:112])[0])
+        per_voxel = _NIFTI_BYTES_PER_VOXEL.get(datatype)
+        if per_voxel is None or not 1 <= dims[0] <= 7:
+            return None
+        count = 1
+        for d in dims[1 : dims[0] + 1]:
+            count *= max(int(d), 1)
+        return vox_offset + count * per_voxel
+    return None
