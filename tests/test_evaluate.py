@@ -1,4 +1,6 @@
-"""Tests of flareseg.evaluation.evaluate: folder evaluation on tiny NIfTI files, the written tables, errors."""
+"""Tests of flareseg.evaluation.evaluate, .summary and .tables: folder evaluation on tiny NIfTI files, the written
+tables, errors; the scores beside the official ones (classes present in the reference, lesion DSC on the cases with
+lesions, lesion-wise detection) on crafted cohorts of known answers."""
 
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ import pytest
 import flareseg.evaluation.evaluate as evaluate
 import flareseg.evaluation.metrics as metrics
 from flareseg.errors import GeometryError, InputError
-from flareseg.evaluation.evaluate import CaseScore, evaluate_folder, summarize, summary_markdown
+from flareseg.evaluation.evaluate import evaluate_folder
+from flareseg.evaluation.lesions import LesionCounts
+from flareseg.evaluation.summary import CASE_COLUMNS, CaseFacts, CaseScore, case_facts, summarize
+from flareseg.evaluation.tables import headline_lines, read_per_case_csv, summary_markdown
 from flareseg.labels import AORTA, LESION, LIVER, ORGAN_IDS, SPLEEN
 
 SPACING = (0.8, 0.8, 2.5)
@@ -160,18 +165,20 @@ def test_summarize_handmade_rows():
         for label in ORGAN_IDS:
             rows.append(CaseScore(case, label, "x", d1 if label == LIVER else 1.0, 1.0))
         rows.append(CaseScore(case, LESION, "lesion", d14, 0.25))
-    stats = summarize(rows, nsd_gate=0.1)
+    facts = [CaseFacts(c, (LIVER, LESION), LesionCounts(1, 1, 1, 0)) for c in ("a", "b")]
+    stats = summarize(rows, facts, nsd_gate=0.1)
     liver = stats["classes"][0]
     assert liver["label"] == LIVER and liver["dsc_mean"] == 0.8 and liver["dsc_std"] == 0.1
     assert stats["organ"]["dsc"] == float(np.round((0.8 + 12) / 13, 4))
     assert stats["lesion"] == {"dsc": 0.25, "dsc_std": 0.25, "nsd": 0.25, "nsd_std": 0.0}
     assert stats["official"]["Tumor_NSD"] == 0.25 and stats["official"]["Organ_NSD"] == 1.0
     md = summary_markdown(stats)
-    assert "| liver | 5 | 80.00 ± 10.00 | 100.00 ± 0.00 |" in md
-    assert "| lesion | 2 | 25.00 ± 25.00 | 25.00 ± 0.00 |" in md
+    assert "| liver | 5 | 80.00 ± 10.00 | 100.00 ± 0.00 | 2/2 |" in md
+    assert "| lesion | 2 | 25.00 ± 25.00 | 25.00 ± 0.00 | 2/2 |" in md
+    assert "| right kidney | 3 | 100.00 ± 0.00 | 100.00 ± 0.00 | 0/2 |" in md
 
 
 def test_per_case_csv_round_trip(folders):
     ref, pred, out, _ = folders
     summary = evaluate_folder(pred, ref, out, progress=False)
-    assert evaluate.read_per_case_csv(out / "per_case.csv") == list(summary.rows)
+    assert read_per_case_csv(out / "per_case.csv") == list(summary.rows)
