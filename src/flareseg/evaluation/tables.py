@@ -2,8 +2,11 @@
 
 The headline puts each official score next to what it covers, e.g.::
 
-    organ DSC 0.4950 (official, 13 classes, 2 cases) | 0.9000 over the classes present in each reference (7.0 of 13 per case) | 6 of 13 classes in no reference
+    organ DSC 0.7500 (official, 13 classes, 2 cases) | 0.9643 over the classes present in each reference (7.0 of 13 per case) | 6 of 13 classes in no reference
     lesion DSC 0.6667 (official, 3 cases) | 0.0000 on the 1 case with lesions | sensitivity 0/2, 3 FP (1.00 per case), F1 0.0000
+
+(the cohorts of ``tests/test_evaluate.py``: references lacking organs 8-13; one case whose two lesions
+were missed while three were predicted elsewhere, and two cases without any lesion).
 
 Nothing here imports torch.
 """
