@@ -1,4 +1,6 @@
-"""Tests of flareseg.evaluation.evaluate: folder evaluation on tiny NIfTI files, the written tables, errors."""
+"""Tests of flareseg.evaluation.evaluate, .summary and .tables: folder evaluation on tiny NIfTI files, the written
+tables, errors; the scores beside the official ones (classes present in the reference, lesion DSC on the cases with
+lesions, lesion-wise detection) on crafted cohorts of known answers."""
 
 from __future__ import annotations
 
@@ -13,8 +15,11 @@ import pytest
 import flareseg.evaluation.evaluate as evaluate
 import flareseg.evaluation.metrics as metrics
 from flareseg.errors import GeometryError, InputError
-from flareseg.evaluation.evaluate import CaseScore, evaluate_folder, summarize, summary_markdown
-from flareseg.labels import AORTA, LESION, LIVER, ORGAN_IDS, SPLEEN
+from flareseg.evaluation.evaluate import evaluate_folder
+from flareseg.evaluation.lesions import LesionCounts
+from flareseg.evaluation.summary import CASE_COLUMNS, CaseFacts, CaseScore, case_facts, summarize
+from flareseg.evaluation.tables import headline_lines, read_per_case_csv, summary_markdown
+from flareseg.labels import AORTA, BY_ID, LESION, LIVER, ORGAN_IDS, SPLEEN
 
 SPACING = (0.8, 0.8, 2.5)
 
@@ -160,18 +165,197 @@ def test_summarize_handmade_rows():
         for label in ORGAN_IDS:
             rows.append(CaseScore(case, label, "x", d1 if label == LIVER else 1.0, 1.0))
         rows.append(CaseScore(case, LESION, "lesion", d14, 0.25))
-    stats = summarize(rows, nsd_gate=0.1)
+    facts = [CaseFacts(c, (LIVER, LESION), LesionCounts(1, 1, 1, 0)) for c in ("a", "b")]
+    stats = summarize(rows, facts, nsd_gate=0.1)
     liver = stats["classes"][0]
     assert liver["label"] == LIVER and liver["dsc_mean"] == 0.8 and liver["dsc_std"] == 0.1
     assert stats["organ"]["dsc"] == float(np.round((0.8 + 12) / 13, 4))
     assert stats["lesion"] == {"dsc": 0.25, "dsc_std": 0.25, "nsd": 0.25, "nsd_std": 0.0}
     assert stats["official"]["Tumor_NSD"] == 0.25 and stats["official"]["Organ_NSD"] == 1.0
     md = summary_markdown(stats)
-    assert "| liver | 5 | 80.00 ± 10.00 | 100.00 ± 0.00 |" in md
-    assert "| lesion | 2 | 25.00 ± 25.00 | 25.00 ± 0.00 |" in md
+    assert "| liver | 5 | 80.00 ± 10.00 | 100.00 ± 0.00 | 2/2 |" in md
+    assert "| lesion | 2 | 25.00 ± 25.00 | 25.00 ± 0.00 | 2/2 |" in md
+    assert "| right kidney | 3 | 100.00 ± 0.00 | 100.00 ± 0.00 | 0/2 |" in md
 
 
 def test_per_case_csv_round_trip(folders):
     ref, pred, out, _ = folders
     summary = evaluate_folder(pred, ref, out, progress=False)
-    assert evaluate.read_per_case_csv(out / "per_case.csv") == list(summary.rows)
+    assert read_per_case_csv(out / "per_case.csv") == list(summary.rows)
+
+
+# --------------------------------------------------------------------------------------------------
+# Beside the official numbers: classes present in the reference, lesions where there are lesions,
+# lesion-wise detection. Crafted cohorts of known answers.
+# --------------------------------------------------------------------------------------------------
+
+ONE_MM = (1.0, 1.0, 1.0)
+
+
+def _cases_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == CASE_COLUMNS
+        return list(reader)
+
+
+def _organ_blocks(labels: np.ndarray, ids, *, shift_liver: int = 0) -> np.ndarray:
+    """Organ `i` as a 4x4x6 block at its own place in a (30, 30, 10) map; the liver moved by `shift_liver`."""
+    for i in ids:
+        x, y = 6 * ((i - 1) % 4), 6 * ((i - 1) // 4)
+        dx = shift_liver if i == LIVER else 0
+        labels[x + dx : x + dx + 4, y : y + 4, 2:8] = i
+    return labels
+
+
+def test_case_facts_presence_follows_the_int8_cast():
+    ref = np.zeros((10, 10, 10), np.int16)
+    ref[1:3, 1:3, 1:3] = LIVER
+    ref[6:8, 6:8, 6:8] = 270  # int8 14: a lesion, as the official cast reads it
+    ref[0, 9, 9] = 200  # int8 -56: no class
+    pred = np.zeros_like(ref)
+    pred[6, 6, 6] = LESION
+    facts = case_facts("a", ref, pred, label_ids=range(1, 15))
+    assert facts == CaseFacts("a", (LIVER, LESION), LesionCounts(1, 1, 1, 0))
+    assert case_facts("a", ref, pred, label_ids=[LIVER, SPLEEN]) == CaseFacts("a", (LIVER,), None)
+
+
+def test_reference_lacking_six_organs(tmp_path):
+    # Both references hold organs 1-7 only. Case a's prediction adds organs 8-13 (each scored 0), case b's
+    # leaves them empty (each scored 1) and shifts the liver by half its length (DSC 0.5).
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    gt = _organ_blocks(np.zeros((30, 30, 10), np.uint8), range(1, 8))
+    _save(ref / "a.nii.gz", gt, spacing=ONE_MM)
+    _save(ref / "b.nii.gz", gt, spacing=ONE_MM)
+    _save(pred / "a.nii.gz", _organ_blocks(np.zeros_like(gt), range(1, 14)), spacing=ONE_MM)
+    _save(pred / "b.nii.gz", _organ_blocks(np.zeros_like(gt), range(1, 8), shift_liver=2), spacing=ONE_MM)
+    summary = evaluate_folder(pred, ref, tmp_path / "out", progress=False)
+    stats = summary.stats
+    # The official numbers, unchanged: liver (1 + 0.5) / 2, organs 2-7 1, organs 8-13 (0 + 1) / 2.
+    assert stats["official"]["Liver_DSC"] == 0.75 and stats["official"]["LK_DSC"] == 0.5
+    assert stats["official"]["Organ_DSC"] == summary.organ_dsc == 0.75  # (0.75 + 6 + 3) / 13
+    # Beside them: 7 classes present per case, the mean over them.
+    present = stats["organ_present"]
+    assert present["n_classes"] == 13 and present["n_cases"] == 2 and present["classes_per_case"] == 7.0
+    assert present["absent_classes"] == [BY_ID[i].name for i in range(8, 14)]
+    assert [c["n_present"] for c in stats["classes"]] == [2] * 7 + [0] * 6 + [0]
+    a, b = stats["per_case"]
+    assert (a["organs_in_reference"], a["organ_dsc"], a["organ_dsc_present"]) == (7, 0.5385, 1.0)  # 7/13
+    assert (b["organs_in_reference"], b["organ_dsc"], b["organ_dsc_present"]) == (7, 0.9615, 0.9286)  # 12.5/13, 6.5/7
+    assert b["organ_nsd_present"] == 1.0  # a 2 mm shift, 5 mm liver tolerance
+    assert present["dsc"] == summary.organ_dsc_present == 0.9643 and present["dsc_std"] == 0.0357
+    assert headline_lines(stats)[0] == (
+        "organ DSC 0.7500 (official, 13 classes, 2 cases) | 0.9643 over the classes present in each reference "
+        "(7.0 of 13 per case) | 6 of 13 classes in no reference"
+    )
+    rows = _cases_csv(tmp_path / "out" / "cases.csv")
+    assert [(r["case"], r["organs_in_reference"], r["organ_dsc"], r["organ_dsc_present"]) for r in rows] == [
+        ("a.nii.gz", "7", "0.5385", "1.0000"), ("b.nii.gz", "7", "0.9615", "0.9286"),
+    ]
+    saved = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert saved["organ_present"] == present and saved["per_case"] == stats["per_case"]
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert "| Organ mean over the classes present in each reference | 2 | 96.43 ± 3.57 |" in md
+    assert "| left kidney | 3 | 50.00 ± 50.00 | 50.00 ± 50.00 | 0/2 |" in md
+    assert "Organ classes in no reference (each scored 1 where the prediction is empty too): left adrenal gland," in md
+
+
+def test_model_predicting_no_lesion_on_a_mixed_cohort(tmp_path):
+    # Four cases, one with two lesions; the model never predicts a lesion: official lesion DSC 0.75, sensitivity 0.
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    for i in range(4):
+        gt = np.zeros((20, 20, 10), np.uint8)
+        gt[2:12, 2:12, 2:8] = LIVER
+        _save(pred / f"c{i}.nii.gz", gt)
+        if i == 0:
+            gt[3:5, 3:5, 3:5] = LESION
+            gt[8:10, 8:10, 4:6] = LESION
+        _save(ref / f"c{i}.nii.gz", gt)
+    summary = evaluate_folder(pred, ref, tmp_path / "out", progress=False)
+    stats = summary.stats
+    assert summary.lesion_dsc == stats["official"]["Tumor_DSC"] == 0.75
+    assert stats["lesion_present"] == {"n_cases": 1, "dsc": 0.0, "dsc_std": 0.0, "nsd": 0.0, "nsd_std": 0.0}
+    assert summary.lesion_dsc_present == 0.0 and summary.lesion_sensitivity == 0.0
+    found = stats["lesion_detection"]
+    assert (found["reference_lesions"], found["detected"], found["missed"], found["false_positives"]) == (2, 0, 2, 0)
+    assert found["f1"] == 0.0 and found["fp_per_case"] == 0.0
+    line = "lesion DSC 0.7500 (official, 4 cases) | 0.0000 on the 1 case with lesions | sensitivity 0/2, 0 FP (0.00 per case), F1 0.0000"
+    assert headline_lines(stats)[1] == line
+    md = (tmp_path / "out" / "summary.md").read_text()
+    assert f"- {line}" in md.split("| Class |")[0]  # the headline comes before the tables
+    assert "| lesion | 2 | 75.00 ± 43.30 | 75.00 ± 43.30 | 1/4 |" in md
+    rows = _cases_csv(tmp_path / "out" / "cases.csv")
+    assert [(r["lesion_in_reference"], r["lesion_dsc"], r["reference_lesions"], r["missed_lesions"]) for r in rows] == [
+        ("1", "0.0000", "2", "2"), ("0", "1.0000", "0", "0"), ("0", "1.0000", "0", "0"), ("0", "1.0000", "0", "0"),
+    ]
+
+
+def _lesion_cohort(lesion_dsc, counts):
+    rows, facts = [], []
+    for case, (dsc, c) in enumerate(zip(lesion_dsc, counts)):
+        rows += [CaseScore(f"c{case}", label, "x", 1.0, 1.0) for label in ORGAN_IDS]
+        rows.append(CaseScore(f"c{case}", LESION, "lesion", dsc, dsc))
+        facts.append(CaseFacts(f"c{case}", ORGAN_IDS + ((LESION,) if c.reference else ()), c))
+    return summarize(rows, facts, nsd_gate=0.1)
+
+
+def test_headline_missed_lesions_and_false_positives():
+    # One case with 2 reference lesions and 3 predicted lesions elsewhere (DSC 0); two cases without any lesion.
+    stats = _lesion_cohort([0.0, 1.0, 1.0], [LesionCounts(2, 0, 3, 3), LesionCounts(0, 0, 0, 0), LesionCounts(0, 0, 0, 0)])
+    assert stats["lesion"]["dsc"] == 0.6667
+    assert headline_lines(stats)[1] == (
+        "lesion DSC 0.6667 (official, 3 cases) | 0.0000 on the 1 case with lesions | sensitivity 0/2, 3 FP (1.00 per case), F1 0.0000"
+    )
+    assert "2 reference lesions, 0 detected, 2 missed; 3 predicted lesions, 3 false positives;" in summary_markdown(stats)
+
+
+def test_no_lesion_anywhere_in_the_cohort():
+    stats = _lesion_cohort([1.0, 1.0], [LesionCounts(0, 0, 0, 0)] * 2)
+    assert stats["lesion"]["dsc"] == 1.0
+    assert stats["lesion_present"] == {"n_cases": 0, "dsc": None, "dsc_std": None, "nsd": None, "nsd_std": None}
+    assert stats["lesion_detection"]["sensitivity"] is None and stats["lesion_detection"]["f1"] is None
+    assert headline_lines(stats)[1] == (
+        "lesion DSC 1.0000 (official, 2 cases) | no case with lesions in the reference | "
+        "sensitivity n/a (no reference lesion), 0 FP (0.00 per case), F1 n/a"
+    )
+    md = summary_markdown(stats)
+    assert "| Lesion, cases whose reference holds lesion voxels | 0 | - | - |" in md
+    assert "sensitivity n/a, FP per case 0.0000, F1 n/a." in md
+    json.dumps(stats, allow_nan=False)  # None, never NaN, in summary.json
+
+
+def test_case_without_any_organ_in_the_reference():
+    rows = [CaseScore("a", label, "x", 1.0, 1.0) for label in ORGAN_IDS]
+    stats = summarize(rows, [CaseFacts("a", (), None)])
+    assert stats["per_case"][0]["organ_dsc_present"] is None and stats["per_case"][0]["organs_in_reference"] == 0
+    assert stats["organ_present"]["n_cases"] == 0 and stats["organ_present"]["dsc"] is None
+    assert headline_lines(stats) == [
+        "organ DSC 1.0000 (official, 13 classes, 1 case) | no organ class in any reference | 13 of 13 classes in no reference"
+    ]
+
+
+def test_lesion_not_scored(folders):
+    ref, pred, out, _ = folders
+    summary = evaluate_folder(pred, ref, out, label_ids=ORGAN_IDS, progress=False)
+    assert summary.stats["lesion_present"] is None and summary.stats["lesion_detection"] is None
+    assert summary.lesion_sensitivity is None and len(headline_lines(summary.stats)) == 1
+    rows = _cases_csv(out / "cases.csv")
+    assert rows[0]["lesion_dsc"] == "" and rows[0]["reference_lesions"] == "" and rows[0]["organs_scored"] == "13"
+
+
+def test_summarize_needs_facts_for_the_same_cases():
+    rows = [CaseScore("a", LIVER, "liver", 1.0, 1.0)]
+    with pytest.raises(InputError, match="'b'"):
+        summarize(rows, [CaseFacts("a", (LIVER,), None), CaseFacts("b", (), None)])
+    with pytest.raises(InputError, match="'a'"):
+        summarize(rows, [])
+
+
+def test_cli_prints_the_headline_last(folders, capsys):
+    from flareseg.cli import main
+
+    ref, pred, out, _ = folders
+    assert main(["-q", "evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.rstrip("\n").splitlines()
+    assert printed[-2].startswith("organ DSC ") and printed[-1].startswith("lesion DSC ")
+    assert "sensitivity 3/3" in printed[-1]

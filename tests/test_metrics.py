@@ -1,5 +1,6 @@
 """Tests of flareseg.evaluation.metrics: known answers, the FLARE rules, and agreement with a transcription of the
-official algorithm (DeepMind's compute_surface_distances + the FLARE23 per-case loop)."""
+official algorithm (DeepMind's compute_surface_distances + the FLARE23 per-case loop); and of the lesion-wise
+detection beside it (flareseg.evaluation.lesions), on crafted cases of known answers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from scipy import ndimage
 
 import flareseg.evaluation.metrics as metrics
 from flareseg.errors import GeometryError
+from flareseg.evaluation.lesions import LesionCounts, detect_lesions, pool_detections
 from flareseg.labels import AORTA, ESOPHAGUS, IVC, LESION, LIVER, Z_CROPPED_IDS, tolerance_of
 
 # --------------------------------------------------------------------------------------------------
@@ -442,3 +444,92 @@ def test_large_case_is_fast():
     scores = metrics.score_case(gt, pred, (0.8, 0.8, 2.5))
     assert time.perf_counter() - start < 10
     assert scores[LIVER][1] == 1.0  # a 1.6 mm shift, 5 mm tolerance
+
+
+# --------------------------------------------------------------------------------------------------
+# Lesion-wise detection (DESIGN 7b): crafted cases of known answers
+# --------------------------------------------------------------------------------------------------
+
+
+def _masks(shape=(20, 20, 20)):
+    return np.zeros(shape, bool), np.zeros(shape, bool)
+
+
+def test_missed_lesion():
+    ref, pred = _masks()
+    ref[2:5, 2:5, 2:5] = True
+    counts = detect_lesions(ref, pred)
+    assert counts == LesionCounts(reference=1, detected=0, predicted=0, false_positives=0)
+    assert counts.missed == 1
+
+
+def test_false_positive_lesion():
+    ref, pred = _masks()
+    ref[2:5, 2:5, 2:5] = True
+    pred[2:5, 2:5, 2:5] = True  # the reference lesion, found
+    pred[12:14, 12:14, 12:14] = True  # and one elsewhere
+    assert detect_lesions(ref, pred) == LesionCounts(reference=1, detected=1, predicted=2, false_positives=1)
+    assert detect_lesions(np.zeros_like(ref), pred) == LesionCounts(0, 0, 2, 2)
+
+
+def test_split_lesion_is_one_true_positive_and_no_false_positive():
+    ref, pred = _masks()
+    ref[2:10, 2:5, 2:5] = True
+    pred[2:4, 2:5, 2:5] = True
+    pred[7:10, 2:5, 2:5] = True  # two predicted components inside the one reference lesion
+    counts = detect_lesions(ref, pred)
+    assert counts == LesionCounts(reference=1, detected=1, predicted=2, false_positives=0)
+    assert pool_detections([counts])["f1"] == 1.0
+
+
+def test_merged_prediction_detects_both_reference_lesions():
+    ref, pred = _masks()
+    ref[2:5, 2:5, 2:5] = True
+    ref[8:11, 2:5, 2:5] = True
+    pred[3:10, 3:4, 3:4] = True  # one bar through both, bridging the background between them
+    counts = detect_lesions(ref, pred)
+    assert counts == LesionCounts(reference=2, detected=2, predicted=1, false_positives=0)
+    assert pool_detections([counts])["sensitivity"] == 1.0
+
+
+def test_partial_overlap_counts_as_detection_not_false_positive():
+    ref, pred = _masks()
+    ref[2:5, 2:5, 2:5] = True
+    pred[4:9, 4:9, 4:9] = True  # one shared voxel, most of it outside
+    assert detect_lesions(ref, pred) == LesionCounts(1, 1, 1, 0)
+
+
+def test_lesions_are_26_connected():
+    ref, pred = _masks()
+    ref[2, 2, 2] = ref[3, 3, 3] = True  # corner neighbours: one lesion
+    ref[6, 6, 6] = True  # two voxels from the last: another
+    assert detect_lesions(ref, pred).reference == 2
+    pred[3, 3, 3] = True
+    assert detect_lesions(ref, pred) == LesionCounts(2, 1, 1, 0)
+
+
+def test_no_lesion_anywhere():
+    ref, pred = _masks()
+    counts = detect_lesions(ref, pred)
+    assert counts == LesionCounts(0, 0, 0, 0)
+    pooled = pool_detections([counts, counts])
+    assert pooled == {
+        "n_cases": 2, "reference_lesions": 0, "detected": 0, "missed": 0, "predicted_lesions": 0,
+        "false_positives": 0, "sensitivity": None, "fp_per_case": 0.0, "f1": None,
+    }
+    assert pool_detections([])["fp_per_case"] is None
+
+
+def test_pooled_known_values():
+    # Case a: 2 reference lesions, 1 found, 1 false positive; case b: no reference lesion, 1 false positive.
+    pooled = pool_detections([LesionCounts(2, 1, 2, 1), LesionCounts(0, 0, 1, 1), LesionCounts(1, 1, 1, 0)])
+    assert (pooled["reference_lesions"], pooled["detected"], pooled["missed"]) == (3, 2, 1)
+    assert (pooled["predicted_lesions"], pooled["false_positives"]) == (4, 2)
+    assert pooled["sensitivity"] == pytest.approx(2 / 3)
+    assert pooled["fp_per_case"] == pytest.approx(2 / 3)
+    assert pooled["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))  # 4/7
+
+
+def test_lesion_masks_of_different_shapes():
+    with pytest.raises(GeometryError, match=r"\(4, 4, 4\).*\(4, 4, 5\)"):
+        detect_lesions(np.zeros((4, 4, 4), bool), np.zeros((4, 4, 5), bool))

@@ -43,10 +43,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from flareseg.evaluation.evaluate import evaluate_folder, summary_markdown
+    from flareseg.evaluation.tables import headline_lines
 
     summary = evaluate_folder(args.pred, args.ref, args.out, nsd_gate=args.nsd_gate, missing=args.missing, progress=not args.quiet)
     print(summary_markdown(summary.stats))
-    print(f"\nper-case scores: {summary.per_case_csv}\nsummary: {summary.summary_md}, {summary.summary_json}")
+    print(f"\nper-case scores: {summary.per_case_csv}, {summary.cases_csv}\nsummary: {summary.summary_md}, {summary.summary_json}")
+    print("\n".join(["", *headline_lines(summary.stats)]))  # last, so the official means never stand alone
     return 0
 
 
@@ -268,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = _subcommand(sub, "evaluate", "score predictions with the FLARE23 DSC and NSD", _cmd_evaluate)
     p.add_argument("--pred", required=True, type=Path, help="folder of predicted label maps <case>.nii.gz")
     p.add_argument("--ref", required=True, type=Path, help="folder of reference label maps <case>.nii.gz")
-    p.add_argument("--out", required=True, type=Path, help="output folder (per_case.csv, summary.md, summary.json)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (per_case.csv, cases.csv, summary.md, summary.json)")
     p.add_argument("--nsd-gate", type=float, default=0.1, choices=(0.1, 0.2), help="NSD is 0 when DSC < gate (0.1: FLARE23 test phase)")
     p.add_argument("--missing", choices=("error", "empty"), default="error", help="a missing prediction is an error, or scored as empty")
     return parser
