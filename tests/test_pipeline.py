@@ -551,3 +551,32 @@ def test_parts_split_the_cases_disjointly_by_name(thresholds, tmp_path):
         batch = run_folder(thresholds, inputs, tmp_path / "out", progress=False, part=(i, 2))
         done |= {r.case for r in batch.predicted}
     assert done == {"a", "b", "c"}
+
+
+def test_fast_mode_widens_a_region_of_interest_that_cuts_an_organ(monkeypatch):
+    """A coarse pass that finds only part of the liver must not cut the liver of the fine pass."""
+    image, _ = phantom_ct(shape=(60, 56, 48))
+    whole = TwoStepPredictor(organ_thresholds(), None, config=dataclasses.replace(FAST, roi=False))
+    reference, _ = _arrays(whole.segment(image))
+    fast = TwoStepPredictor(organ_thresholds(), None, config=dataclasses.replace(FAST, roi_margin_mm=8.0))
+
+    def too_small(self, image, slab, report, progress):
+        (a, b), (c, d), (e, f) = label_box(reference_net, [LIVER])
+        return ((a + 2, a + 6), (c + 2, c + 6), (e + 2, e + 6))  # a box inside the liver
+
+    reference_net = fast.organ.predict_labels(fast._preprocess(image).organ_image, step=1.0)
+    monkeypatch.setattr(TwoStepPredictor, "_locate_organs", too_small)
+    label, report = _arrays(fast.segment(image))
+    assert any("widened" in note for note in report.notes)
+    assert (label == LIVER).sum() == (reference == LIVER).sum() > 0
+
+
+def test_grow_where_touching_moves_only_the_touched_faces_inside_the_limit():
+    from flareseg.transforms.roi import grow_where_touching
+
+    box, limit = ((10, 20), (10, 20), (0, 30)), ((0, 100), (0, 100), (0, 30))
+    assert grow_where_touching(box, ((12, 18), (12, 18), (5, 25)), (3, 3, 3), limit) == box  # nothing touches
+    assert grow_where_touching(box, None, (3, 3, 3), limit) == box
+    grown = grow_where_touching(box, ((10, 18), (12, 20), (0, 30)), (3, 3, 3), limit)
+    assert grown == ((0, 20), (10, 30), (0, 30))  # by the box's extent (10 > margin 3); K lies on the limit
+    assert grow_where_touching(((0, 100), (5, 9), (0, 30)), ((0, 100), (5, 9), (0, 30)), (20, 20, 20), limit) == ((0, 100), (0, 29), (0, 30))

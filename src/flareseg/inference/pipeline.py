@@ -55,6 +55,7 @@ from flareseg.transforms.roi import (
     ensure_min_size,
     expand_box,
     full_box,
+    grow_where_touching,
     intersect,
     is_empty,
     label_box,
@@ -66,6 +67,9 @@ from flareseg.transforms.roi import (
 )
 
 log = logging.getLogger(__name__)
+
+MAX_ROI_GROWTHS = 3
+"""How often the organ region of interest may widen where organs touch its faces (fast mode)."""
 
 
 def _as_predictor(model: str | os.PathLike | ModelPredictor, device: torch.device, task: str) -> ModelPredictor:
@@ -234,13 +238,23 @@ class TwoStepPredictor:
         if cfg.roi:
             with timer.stage("roi"):
                 organ_box = self._locate_organs(net.organ_image, slab, report, progress)
-        report.organ_box = organ_box
         with timer.stage("organ"):
-            report.tiles["organ"] = organ.count_tiles(box_shape(organ_box), cfg.step, cfg.mirror)
-            label = organ.predict_labels(
-                net.organ_image, box=organ_box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision,
-                tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: organ",
-            )
+            report.tiles["organ"] = 0
+            margin = margin_voxels(cfg.roi_margin_mm, organ.spacing)
+            for attempt in range(MAX_ROI_GROWTHS + 1):
+                report.tiles["organ"] += organ.count_tiles(box_shape(organ_box), cfg.step, cfg.mirror)
+                label = organ.predict_labels(
+                    net.organ_image, box=organ_box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision,
+                    tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: organ",
+                )
+                # The fine pass must not lose what the weights find: an organ cut by a face of the
+                # coarse region of interest widens the region, and the region is predicted again.
+                grown = grow_where_touching(organ_box, label_box(label, ORGAN_IDS), margin, slab)
+                if grown == organ_box or attempt == MAX_ROI_GROWTHS:
+                    break
+                report.notes.append(f"organs touched the region of interest {organ_box}: widened to {grown}")
+                organ_box = grown
+        report.organ_box = organ_box
         net.organ_image = None
         return label
 

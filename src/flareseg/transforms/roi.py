@@ -148,3 +148,23 @@ def middle_slab(shape: Sequence[int], n_slices: int, axis: int = 2) -> Box:
         start = (n - n_slices) // 2
         box[axis] = (start, start + n_slices)
     return tuple(box)  # type: ignore[return-value]
+
+
+def grow_where_touching(box: Box, found: Box | None, margin: Sequence[int], limit: Box) -> Box:
+    """Widen `box` on each side that `found` (what was segmented inside it) touches.
+
+    A structure cut by a face of the region it was segmented in was probably cut by the region, not
+    by the anatomy: that face moves out by `margin` voxels or the box's own extent along that axis,
+    whichever is larger (so a badly small box reaches any size in a few steps), within `limit`. Faces
+    that already lie on `limit` (the volume's border, or the paper's slab) stay. Returns `box` itself
+    when nothing touches, so ``grown == box`` ends a grow-and-repeat loop.
+    """
+    if found is None:
+        return box
+    out = []
+    for (a, b), (fa, fb), m, (la, lb) in zip(box, found, margin, limit):
+        step = max(int(m), b - a)
+        lo = max(la, a - step) if fa <= a and a > la else a
+        hi = min(lb, b + step) if fb >= b and b < lb else b
+        out.append((lo, hi))
+    return tuple(out)  # type: ignore[return-value]

@@ -1,0 +1,156 @@
+#!/usr/bin/env python
+"""Held-out Dice against training minutes and steps, for several training recipes in one run.
+
+Each recipe is a preset plus overrides (values of the same configs, no code path of its own). The
+recipes are trained one after the other on the same prepared cohort and machine, each for the same
+number of optimiser steps, validating every ``--val-every`` epochs on the held-out split with the
+deployed predictor; the script then tabulates validation mean Dice at each validation against steps and
+wall-clock minutes and draws both curves.
+
+    python scripts/bench_learning.py --prepared runs/demo/prepared --out runs/learning --recipes cpu,coarse48
+    python scripts/bench_learning.py --synth 60 --out runs/learning            # makes the demo's cohort first
+
+Writes ``learning.md`` (table, machine), ``learning.json`` (every validation row) and
+``learning_curves.png`` under --out. The figures depend on the machine's speed (minutes) but not on
+its load (steps): quote both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+RECIPES: dict[str, tuple[str, dict]] = {
+    # the cpu preset as the last demo trained it
+    "cpu": ("cpu", {}),
+    # plain 8-128 network, no deep supervision, 48^3 patches: 2.6x cheaper per step than the cpu preset here
+    "s3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
+                      "network.res_block": False, "network.deep_supervision": False}),
+    "s4p48": ("cpu", {"preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [48, 48, 48],
+                      "network.res_block": False, "network.deep_supervision": False}),
+    "s3p48lr1e-2": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
+                            "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2}),
+}
+"""name -> (preset, overrides). Add candidates here; keep the one chosen as a preset in flareseg.config."""
+
+
+def _cpu() -> str:
+    flags = set()
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == (platform.processor() or "unknown CPU"):
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, {' '.join(simd) or 'no AVX2'}"
+
+
+def _prepare(args: argparse.Namespace) -> Path:
+    if args.prepared is not None:
+        return args.prepared
+    cohort, prepared = args.out / "cohort", args.out / "prepared"
+    from flareseg.data.cohort import prepare_cohort
+    from flareseg.data.synthetic import SynthConfig, generate_cohort
+
+    if not (prepared / "manifest.json").is_file():
+        generate_cohort(cohort, SynthConfig(cases=args.synth, val_cases=6, seed=0, size="small"), progress=False)
+        prepare_cohort(cohort, prepared, seed=0, progress=False)
+    return prepared
+
+
+def _train(recipe: str, prepared: Path, out: Path, args: argparse.Namespace) -> list[dict]:
+    from flareseg.training.loop import read_log, train
+
+    preset, overrides = RECIPES[recipe]
+    overrides = {**overrides}
+    iterations = int(overrides.pop("train.iterations_per_epoch", args.iterations))
+    epochs = max(1, args.steps // iterations)
+    overrides.update({"train.iterations_per_epoch": iterations, "train.val_every": args.val_every, "train.max_minutes": None})
+    overrides.setdefault("train.poly_horizon_epochs", epochs)
+    folder = out / "models" / recipe
+    start = time.perf_counter()
+    train(prepared, folder, task=args.task, preset=preset, epochs=epochs, overrides=overrides, progress=not args.quiet)
+    print(f"{recipe}: {epochs} epochs x {iterations} steps in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    rows, elapsed, steps = [], 0.0, 0
+    for row in read_log(folder / "train_log.jsonl"):
+        elapsed += row["seconds"]
+        steps += row["iterations"]
+        if "val_mean_dice" in row:
+            rows.append({"recipe": recipe, "epoch": row["epoch"], "steps": steps, "minutes": round(elapsed / 60, 2),
+                         "val_mean_dice": row["val_mean_dice"], "val_dice": row["val_dice"]})
+    return rows
+
+
+def _table(rows: list[dict]) -> str:
+    lines = ["| recipe | steps | minutes | val mean Dice | worst 3 classes |", "|---|---:|---:|---:|---|"]
+    for r in rows:
+        worst = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["val_dice"].items(), key=lambda kv: kv[1])[:3])
+        lines.append(f"| {r['recipe']} | {r['steps']} | {r['minutes']:.1f} | {r['val_mean_dice']:.3f} | {worst} |")
+    return "\n".join(lines)
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=100)
+    by_steps, by_minutes = fig.subplots(1, 2)
+    for recipe in dict.fromkeys(r["recipe"] for r in rows):
+        mine = [r for r in rows if r["recipe"] == recipe]
+        by_steps.plot([r["steps"] for r in mine], [r["val_mean_dice"] for r in mine], marker="o", label=recipe)
+        by_minutes.plot([r["minutes"] for r in mine], [r["val_mean_dice"] for r in mine], marker="o", label=recipe)
+    for ax, xlabel in ((by_steps, "optimiser steps"), (by_minutes, "training minutes (this machine)")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("held-out mean organ Dice" if True else "")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prepared", type=Path, help="prepared cohort (flareseg prepare); default: synthesise the demo's")
+    parser.add_argument("--synth", type=int, default=60, help="training phantoms to synthesise without --prepared (default 60)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
+    parser.add_argument("--task", default="organ", choices=("organ", "tumor"))
+    parser.add_argument("--steps", type=int, default=600, help="optimiser steps per recipe (default 600)")
+    parser.add_argument("--iterations", type=int, default=25, help="steps per epoch (default 25)")
+    parser.add_argument("--val-every", type=int, default=4, help="validate every this many epochs (default 4)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
+    if unknown:
+        parser.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    prepared = _prepare(args)
+    rows: list[dict] = []
+    for recipe in args.recipes.split(","):
+        rows += _train(recipe, prepared, args.out, args)
+        (args.out / "learning.json").write_text(json.dumps(rows, indent=1))
+    command = "python scripts/bench_learning.py " + " ".join(sys.argv[1:])
+    text = f"# Learning benchmark\n\n`{command}`\n\nMachine: {_cpu()}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n\n{_table(rows)}\n"
+    (args.out / "learning.md").write_text(text)
+    _plot(rows, args.out / "learning_curves.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
