@@ -185,3 +185,90 @@ def test_a_refused_write_publishes_nothing(tmp_path):
         with atomic_output(target, verify=refuse) as tmp:
             tmp.write_bytes(b"data")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# What is not a usable CT: refused with the file and the reason
+
+
+def _series_copy(real_data, tmp_path, keep=lambda i, name: True):
+    import shutil
+
+    source = real_data / "totalsegmentator_dicom" / "dicom"
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    out = tmp_path / "series"
+    out.mkdir()
+    for i, f in enumerate(files):
+        if keep(i, f.name):
+            shutil.copy(f, out / f"{i:03d}.dcm")
+    return out, files
+
+
+def _slice_positions(folder):
+    import pydicom
+
+    return sorted(float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in folder.iterdir())
+
+
+@pytest.mark.real
+def test_a_series_with_a_missing_slice_is_refused_with_its_position(real_data, tmp_path):
+    folder, _ = _series_copy(real_data, tmp_path)
+    z = _slice_positions(folder)
+    import pydicom
+
+    for p in folder.iterdir():
+        if float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) == z[10]:
+            p.unlink()
+    with pytest.raises(InputError, match=r"not uniform.*missing slice"):
+        read_image(folder)
+
+
+@pytest.mark.real
+def test_a_duplicated_slice_is_refused(real_data, tmp_path):
+    import shutil
+
+    folder, files = _series_copy(real_data, tmp_path)
+    shutil.copy(folder / "005.dcm", folder / "005b.dcm")
+    with pytest.raises(InputError, match="same position"):
+        read_image(folder)
+
+
+@pytest.mark.real
+def test_an_mr_series_is_refused(real_data, tmp_path):
+    import pydicom
+
+    source = real_data / "dcmqi_ct3slice" / "dicom"
+    out = tmp_path / "mr"
+    out.mkdir()
+    for i, f in enumerate(sorted(p for p in source.rglob("*") if p.is_file())):
+        ds = pydicom.dcmread(f)
+        ds.Modality = "MR"
+        ds.save_as(out / f"{i}.dcm")
+    with pytest.raises(InputError, match="modality MR"):
+        read_image(out)
+
+
+def test_eight_bit_and_unrescaled_images_are_not_hounsfield_units(tmp_path):
+    rng = np.random.default_rng(0)
+    eight = write_volume(Volume(rng.integers(0, 256, (20, 20, 20)).astype(np.uint8), (1, 1, 1), (0, 0, 0), np.eye(3)), tmp_path / "eight.nii.gz")
+    raw = write_volume(Volume(rng.integers(0, 3000, (20, 20, 20)).astype(np.int16), (1, 1, 1), (0, 0, 0), np.eye(3)), tmp_path / "raw.nii.gz")
+    with pytest.raises(InputError, match="8-bit"):
+        read_image(eight)
+    with pytest.raises(InputError, match="not Hounsfield units"):
+        read_image(raw)
+
+
+def test_a_header_declaring_a_huge_volume_is_refused_before_reading(tmp_path):
+    import resource
+
+    import nibabel as nib
+
+    small = nib.Nifti1Image(np.zeros((2, 2, 2), np.int16), np.eye(4))
+    small.header.set_data_shape((4000, 4000, 4000))
+    path = tmp_path / "bomb.nii"
+    with open(path, "wb") as fh:
+        fh.write(small.header.binaryblock + b"\0" * 4 + b"\0" * 16)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match="voxels"):
+        read_image(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: nothing was allocated

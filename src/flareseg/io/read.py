@@ -13,6 +13,7 @@ import logging
 import os
 import zlib
 from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from flareseg.io.volume import Volume
 
 log = logging.getLogger(__name__)
 
+CT_MAX_LOWEST_HU = -200.0
+"""A CT of the abdomen always holds air, lung or fat: its lowest value lies below this."""
 MAX_VOXELS = 2048 * 1024 * 1024
 """The largest volume read (2^31 voxels, 8 GiB as float32: e.g. 2048 x 1024 x 1024)."""
 MAX_COMPRESSION_RATIO = 1100
@@ -122,12 +125,64 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         )
         log.warning("%s: %d DICOM series found; reading the largest (%s)", folder, len(series_ids), series_ids[0])
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    _check_dicom_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         return reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{folder}: cannot read the DICOM series: {_first_line(exc)}") from None
+
+
+def _dicom_tag(reader: sitk.ImageFileReader, tag: str) -> str | None:
+    return reader.GetMetaData(tag).strip() if reader.HasMetaDataKey(tag) else None
+
+
+def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
+    """Check a series from its slice headers before its voxels are read.
+
+    Refused with a message naming the folder: a modality other than CT, a volume over
+    :data:`MAX_VOXELS`, an unreadable slice header, two slices at one position, and slices whose
+    spacing is not uniform (a missing slice: the series reader would assume uniform spacing and
+    misplace every slice after the gap).
+    """
+    positions, normal = [], None
+    for index, name in enumerate(files):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(name)
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise InputError(f"{folder}: slice {Path(name).name} cannot be read: {_first_line(exc)}") from None
+        if index == 0:
+            modality = _dicom_tag(reader, "0008|0060")
+            if modality is not None and modality.upper() != "CT":
+                raise InputError(f"{folder}: the series has modality {modality}; flareseg segments CT only")
+            columns, rows = reader.GetSize()[:2]
+            if int(columns) * int(rows) * len(files) > MAX_VOXELS:
+                raise InputError(f"{folder}: {len(files)} slices of {columns} x {rows} voxels: more than the {MAX_VOXELS:,} flareseg reads")
+            cosines = _dicom_tag(reader, "0020|0037")
+            if cosines is not None:
+                row, col = np.array([float(v) for v in cosines.split("\\")]).reshape(2, 3)
+                normal = np.cross(row, col)
+        position = _dicom_tag(reader, "0020|0032")
+        if position is not None and normal is not None:
+            positions.append(float(np.dot([float(v) for v in position.split("\\")], normal)))
+    if len(positions) < 3 or len(positions) != len(files):
+        return
+    z = np.sort(np.asarray(positions))
+    steps = np.diff(z)
+    if np.any(steps < 1e-3):
+        at = float(z[1:][steps < 1e-3][0])
+        raise InputError(f"{folder}: two slices at the same position ({at:.2f} mm along the slice normal): a duplicated slice?")
+    typical = float(np.median(steps))
+    off = np.abs(steps - typical) > max(0.01 * typical, 0.01)
+    if np.any(off):
+        first = int(np.flatnonzero(off)[0])
+        raise InputError(
+            f"{folder}: slice spacing is not uniform: {steps[first]:.2f} mm between the slices at {z[first]:.2f} and "
+            f"{z[first + 1]:.2f} mm, {typical:.2f} mm elsewhere (a missing slice?)"
+        )
 
 
 def _first_line(exc: Exception) -> str:
@@ -188,8 +243,13 @@ def read_image(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
                 f"{path}: intensities span only [{lo:.3g}, {hi:.3g}]; a CT in Hounsfield units spans air (-1000) "
                 "to soft tissue or bone. Is this a normalised image or a label map?"
             )
-        if hi < 0 or lo > 0:
-            raise InputError(f"{path}: intensities [{lo:.3g}, {hi:.3g}] are not Hounsfield units (no air or water values)")
+        if volume.array.dtype == np.uint8:
+            raise InputError(f"{path}: an 8-bit image (values {lo:.3g}-{hi:.3g}) cannot hold Hounsfield units: a screenshot or a windowed export?")
+        if hi < 0 or lo > CT_MAX_LOWEST_HU:
+            raise InputError(
+                f"{path}: intensities [{lo:.3g}, {hi:.3g}] are not Hounsfield units: a CT holds air, lung or fat below "
+                f"{CT_MAX_LOWEST_HU:g} HU (an unrescaled or 8-bit export?)"
+            )
     return replace(volume, array=array)
 
 
