@@ -272,3 +272,17 @@ def test_a_header_declaring_a_huge_volume_is_refused_before_reading(tmp_path):
     with pytest.raises(InputError, match="voxels"):
         read_image(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: nothing was allocated
+
+
+@pytest.mark.parametrize(
+    "content,words",
+    [(b"\x89PNG\r\n\x1a\n\x00\xff", "binary"), (b"[1, 2]", "expected an object"), (b"{\"a\": NaN}", "NaN"), (b"{oops", "invalid JSON")],
+)
+def test_read_json_names_the_file_and_the_problem(tmp_path, content, words):
+    from flareseg.io import read_json
+
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=words) as info:
+        read_json(path)
+    assert str(path) in str(info.value)

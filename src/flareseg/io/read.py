@@ -281,9 +281,26 @@ def read_label(path: str | os.PathLike, reference: Volume | None = None, *, refe
     return volume
 
 
-def read_json(path: Path, error: type[FlaresegError] = InputError) -> Any:
-    """Parse a JSON file; invalid JSON raises `error` naming the file."""
+def read_json(path: Path, error: type[FlaresegError] = InputError, *, expect: type | None = dict) -> Any:
+    """Parse a JSON file whose top level is an `expect` (a JSON object by default; None: anything).
+
+    Raises:
+        `error` naming the file: unreadable, not UTF-8 text (a binary file), invalid JSON, NaN or
+        infinite numbers, or a top level of another type.
+    """
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not a number JSON allows")
+
     try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"), parse_constant=no_constants)
+    except OSError as exc:
+        raise error(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path}: not a JSON text file (binary content)") from None
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
         raise error(f"{path}: invalid JSON: {exc}") from None
+    if expect is not None and not isinstance(data, expect):
+        kinds = {dict: "an object", list: "a list"}
+        raise error(f"{path}: expected {kinds.get(expect, expect.__name__)} at the top level, got {type(data).__name__}")
+    return data
