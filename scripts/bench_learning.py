@@ -38,6 +38,18 @@ RECIPES: dict[str, tuple[str, dict]] = {
                       "network.res_block": False, "network.deep_supervision": False}),
     "s3p48lr1e-2": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
                             "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2}),
+    "s4p32lr1e-2": ("cpu", {"preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [32, 32, 32],
+                            "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2}),
+    "s4p48lr1e-2": ("cpu", {"preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [48, 48, 48],
+                            "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2}),
+    # the whole body crop in one patch: every step sees every organ (the cascade's coarse stage)
+    "s6whole": ("cpu", {"preprocess.target_spacing": [6.0, 6.0, 6.0], "train.patch_size": [64, 48, 48],
+                        "train.samples_per_image": 1, "network.res_block": False, "network.deep_supervision": False,
+                        "train.learning_rate": 1e-2}),
+    # tumour model candidates: lesion-centred patches at a finer spacing than the organ model
+    "t3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
+                      "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2,
+                      "train.pos_fraction": 0.67}),
 }
 """name -> (preset, overrides). Add candidates here; keep the one chosen as a preset in flareseg.config."""
 

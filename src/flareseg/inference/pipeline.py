@@ -235,7 +235,8 @@ class TwoStepPredictor:
         cfg, organ = self.config, self.organ
         slab = self._slab(net.organ_image.shape, organ)
         organ_box: Box = slab
-        if cfg.roi:
+        # A region of interest saves nothing when the whole grid is one tile (a whole-volume model).
+        if cfg.roi and organ.count_tiles(box_shape(slab), cfg.step) > 1:
             with timer.stage("roi"):
                 organ_box = self._locate_organs(net.organ_image, slab, report, progress)
         with timer.stage("organ"):
