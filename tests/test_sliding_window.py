@@ -209,3 +209,26 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_a_position_free_model_gives_the_same_label_across_tile_borders():
+    """A pointwise network (1x1x1 convolution: the output depends on the voxel's intensity only) must
+    give exactly the pointwise labels everywhere, at tile borders, in overlaps and in padded margins:
+    a lesion pattern that follows the tile grid would be the tiler's doing, not the model's."""
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 2, kernel_size=1)
+    with torch.no_grad():
+        network.weight[:] = torch.tensor([-1.0, 1.0]).reshape(2, 1, 1, 1, 1)
+        network.bias[:] = torch.tensor([0.0, -0.5])  # lesion where intensity > 0.25
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(70, 45, 53)).astype(np.float32)
+    expected = (image > 0.25).astype(np.int64)
+    for step in (0.5, 0.8, 1.0):
+        labels = sliding_window_argmax(image, network_predictor(network), patch_size=(32, 32, 32), step=step, pad_value=-3.0)
+        np.testing.assert_array_equal(labels, expected)
+    constant = torch.nn.Conv3d(1, 2, kernel_size=1)
+    with torch.no_grad():
+        constant.weight.zero_()
+        constant.bias[:] = torch.tensor([0.0, 1.0])
+    labels = sliding_window_argmax(image, network_predictor(constant), patch_size=(32, 32, 32), step=0.5, pad_value=-3.0)
+    assert (labels == 1).all()
