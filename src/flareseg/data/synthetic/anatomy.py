@@ -17,6 +17,7 @@ import numpy as np
 
 from flareseg.data.synthetic.shapes import Axes, Field, Shape, coarsen, upsample
 
+
 @dataclass(frozen=True)
 class Body:
     """The body outline and wall in the axial plane (mm); see ``paint._background`` for their use.

@@ -120,6 +120,8 @@ class Scan:
     offset: np.ndarray
     noise_hu: float
     table: tuple[float, float] | None
+
+
 def draw_scan(rng: np.random.Generator, anat: Anatomy, phase: str | None, fov_cut: bool | None, cut_probability: float) -> Scan:
     """Draw the phase, tissue HU, scanned z range (mm), patient offset, noise level and table."""
     if phase is None:

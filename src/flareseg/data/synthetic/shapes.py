@@ -20,6 +20,8 @@ Axes = tuple[np.ndarray, np.ndarray, np.ndarray]
 """Three 1-D ascending coordinate vectors (mm): the tensor grid x * y * z."""
 Plan = tuple[np.ndarray, np.ndarray]
 """Linear interpolation from a coarse axis to a fine one: (left coarse index, weight) per fine point."""
+
+
 class Field:
     """A smooth random scalar field: a cubic B-spline with random coefficients on a regular lattice.
 
@@ -140,8 +142,8 @@ def capsule_shape(points, radii, detail, yscale=1.0, margin=6.0) -> Shape:
     """The :func:`capsules_sdf` chain through `points` (N, 3) mm with `radii` (N,) mm, boxed with `margin` mm."""
     p = np.asarray(points, float)
     r = float(np.max(radii))
-    extra = np.array([r, r / yscale, r]) + margin
-    return Shape(capsules_sdf(p, radii, yscale), p.min(0) - extra, p.max(0) + extra, detail)
+    pad = np.array([r, r / yscale, r]) + margin
+    return Shape(capsules_sdf(p, radii, yscale), p.min(0) - pad, p.max(0) + pad, detail)
 
 
 def plate_shape(points2d, radii, z_top, z_bottom: float, detail) -> Shape:
