@@ -35,12 +35,12 @@ def _worker(preset: str, task: str, warmup: int, repeats: int, threads: int | No
         torch.set_num_threads(threads)
     from flareseg.config import get_preset
     from flareseg.model.network import build_network, count_parameters
-    from flareseg.training.loop import _compute_loss, _loss_fn
+    from flareseg.training.loss import build_loss, compute_loss
 
     p = get_preset(preset, task)
     network = build_network(p.network).train()
     optimizer = torch.optim.Adam(network.parameters(), lr=p.train.learning_rate)
-    loss_fn = _loss_fn()
+    loss_fn = build_loss()
     gen = torch.Generator().manual_seed(0)
     shape = (p.train.batch_size, 1, *p.train.patch_size)
     image = torch.randn(shape, generator=gen)
@@ -49,7 +49,7 @@ def _worker(preset: str, task: str, warmup: int, repeats: int, threads: int | No
     for i in range(warmup + repeats):
         t, c = time.perf_counter(), time.process_time()
         optimizer.zero_grad(set_to_none=True)
-        loss = _compute_loss(loss_fn, network(image), target)
+        loss = compute_loss(loss_fn, network(image), target)
         loss.backward()
         optimizer.step()
         if i >= warmup:
@@ -83,7 +83,7 @@ def _time_data(prepared: str, preset, task: str, batches: int = 20) -> float:
 
     from flareseg.data.cache import CACHE_DIRNAME, CaseCache
     from flareseg.transforms.preprocessing import pad_value_of
-    from flareseg.training.loop import PatchStream, load_training_data
+    from flareseg.training.data import PatchStream, load_training_data
 
     data = load_training_data(prepared, task)
     cache = CaseCache(Path(prepared) / CACHE_DIRNAME, preset.preprocess, data.fingerprint)

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from flareseg.config import PRESETS, Fingerprint, get_preset
+from flareseg.config import PRESETS, Fingerprint, InferenceDefaults, get_preset
 from flareseg.errors import ModelFolderError
 from flareseg.model.folder import (
     CONFIG_FILE,
@@ -21,6 +21,7 @@ from flareseg.model.folder import (
     write_model_config,
 )
 from flareseg.model.network import build_network, count_parameters
+from flareseg.model.predictor import ModelPredictor
 
 PAPER_PARAMS_ORGAN = 31_419_406
 """DESIGN section 4: the paper's '31.42M' network (MONAI DynUNet with residual blocks, 14 outputs)."""
@@ -129,3 +130,60 @@ def test_missing_or_mismatched_weights_are_model_folder_errors(tmp_path):
     (tmp_path / WEIGHTS_FILE).write_bytes(b"\x00" * 10)
     with pytest.raises(ModelFolderError):
         load_model(tmp_path)
+
+
+def test_config_json_has_the_inference_section_training_derived(tmp_path):
+    cfg = _model_config()
+    write_model_config(tmp_path, cfg)
+    section = json.loads((tmp_path / CONFIG_FILE).read_text())["inference"]
+    # Patch of the training protocol, the paper's x and y flips, air = (-100 - 80) / 60 normalised.
+    assert section == {"patch_size": [32, 32, 32], "mirror_axes": [0, 1], "pad_value": -3.0}
+
+
+@pytest.mark.parametrize(("flips", "axes"), [((0.2, 0.2), (0, 1)), ((0.0, 0.2), (1,)), ((0.2, 0.0), (0,)), ((0.0, 0.0), ())])
+def test_a_folder_without_the_inference_section_derives_it(tmp_path, flips, axes):
+    """Folders written before the section existed: patch from train, mirrors from the augmentation's flips, air padding."""
+    cfg = _model_config()
+    augment = dataclasses.replace(cfg.train.augment, flip_x_prob=flips[0], flip_y_prob=flips[1])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, patch_size=(16, 32, 48), augment=augment), inference=None)
+    save_tensors(build_network(cfg.network).state_dict(), tmp_path / WEIGHTS_FILE)
+    write_model_config(tmp_path, cfg)
+    data = json.loads((tmp_path / CONFIG_FILE).read_text())
+    del data["inference"]
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
+    predictor = ModelPredictor.from_folder(tmp_path)
+    assert predictor.config.inference == InferenceDefaults(patch_size=(16, 32, 48), mirror_axes=axes, pad_value=-3.0)
+    assert (predictor.patch_size, predictor.mirror_axes, predictor.pad_value) == ((16, 32, 48), axes, -3.0)
+    assert predictor.resolve_mirror(None) == axes and predictor.resolve_mirror([2]) == (2,) and predictor.resolve_mirror(()) == ()
+    assert predictor.count_tiles((16, 32, 48), 1.0, None) == 2 ** len(axes)
+
+
+def test_the_predictor_reads_patch_pad_and_mirrors_from_the_section(tmp_path):
+    cfg = dataclasses.replace(_model_config(), inference=InferenceDefaults(patch_size=(16, 16, 16), mirror_axes=(2,), pad_value=-7.5))
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros((x.shape[0], 14, *x.shape[2:]))
+
+    predictor = ModelPredictor(cfg, Probe())
+    image = torch.ones(10, 16, 16).numpy()  # shorter than the patch along I: padded
+    predictor.predict_labels(image, step=1.0, mirror=None)
+    assert len(seen) == 2 and seen[0].shape == (1, 1, 16, 16, 16)  # one tile, mirrored along K
+    assert float(seen[0].min()) == -7.5 and torch.equal(seen[1], seen[0].flip(4))
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [({"patch_size": [32, 32], "mirror_axes": [], "pad_value": 0}, "inference.patch_size"),
+     ({"patch_size": [32, 32, 32], "mirror_axes": [0, 3], "pad_value": 0}, "inference.mirror_axes"),
+     ({"patch_size": [32, 32, 32], "mirror_axes": [], "pad_value": float("nan")}, "inference.pad_value")],
+)
+def test_invalid_inference_section_is_a_model_folder_error(tmp_path, section, message):
+    write_model_config(tmp_path, _model_config())
+    data = json.loads((tmp_path / CONFIG_FILE).read_text())
+    data["inference"] = section
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelFolderError, match=message):
+        read_model_config(tmp_path)

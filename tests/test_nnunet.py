@@ -64,6 +64,7 @@ def write_nnunet_folder(
     residual: bool = False,
     folds=("fold_0",),
     extra: dict | None = None,
+    mirror_axes=(0, 1, 2),
 ) -> tuple[Path, torch.nn.Module]:
     """An nnU-Net v2 results folder as nnUNetTrainer leaves it: plans.json, dataset.json, fold_N/checkpoint_final.pth."""
     network = nnunet_network(len(labels), residual)
@@ -113,8 +114,10 @@ def write_nnunet_folder(
         "current_epoch": 1000,
         "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dataset, "unpack_dataset": True, "device": torch.device("cpu")},
         "trainer_name": "nnUNetTrainer",
-        "inference_allowed_mirroring_axes": (0, 1, 2),
+        "inference_allowed_mirroring_axes": mirror_axes,
     }
+    if mirror_axes is None:
+        del checkpoint["inference_allowed_mirroring_axes"]
     for fold in folds:
         (root / fold).mkdir()
         torch.save(checkpoint, root / fold / "checkpoint_final.pth")
@@ -176,6 +179,27 @@ def test_legacy_plans_and_residual_encoder(tmp_path, legacy, residual):
     x = torch.randn(1, 1, 24, 32, 16)
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x), reference(x.permute(0, 1, 4, 3, 2))[0].permute(0, 1, 4, 3, 2))
+
+
+@pytest.mark.parametrize(
+    ("transpose", "nnunet_axes", "expected"),
+    [((0, 1, 2), (0, 1, 2), (0, 1, 2)), ((0, 1, 2), (1, 2), (0, 1)), ((0, 1, 2), (0,), (2,)), ((2, 0, 1), (0,), (0,)),
+     ((1, 2, 0), (0, 2), (1, 2)), ((0, 1, 2), (), ()), ((0, 1, 2), None, ())],
+)
+def test_mirror_axes_are_nnunets_own_in_flareseg_order(tmp_path, transpose, nnunet_axes, expected):
+    """nnU-Net axis i is SimpleITK axis transpose[i], flareseg axis 2 - transpose[i]; no entry: no mirroring."""
+    root, _ = write_nnunet_folder(tmp_path / "m", transpose=transpose, mirror_axes=nnunet_axes)
+    predictor = ModelPredictor.from_folder(root)
+    assert predictor.mirror_axes == expected
+    assert predictor.config.inference.patch_size == predictor.config.train.patch_size
+    fp = predictor.fingerprint
+    assert predictor.pad_value == pytest.approx((fp.percentile_00_5 - fp.mean) / fp.std)
+
+
+def test_invalid_nnunet_mirror_axes_are_named(tmp_path):
+    root, _ = write_nnunet_folder(tmp_path / "m", mirror_axes=(0, 3))
+    with pytest.raises(ModelFolderError, match="inference_allowed_mirroring_axes"):
+        load_nnunet_model(root)
 
 
 def test_tumour_model_channel_becomes_lesion_id(tmp_path):

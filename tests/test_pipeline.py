@@ -228,10 +228,11 @@ def test_mode_presets():
     fast, accurate, paper = (InferenceConfig.for_mode(m) for m in MODES)
     assert InferenceConfig() == fast
     assert fast.roi and fast.mirror == () and 0.8 <= fast.step <= 1.0 and fast.paper_slices is None
-    assert not accurate.roi and accurate.step == 0.5 and accurate.mirror == (0, 1) and accurate.paper_slices is None
+    assert not accurate.roi and accurate.step == 0.5 and accurate.mirror is None and accurate.paper_slices is None  # None: each model's trained axes
     assert paper.paper_slices == 50 and not paper.roi and paper.postprocess == OFF
     assert InferenceConfig.for_mode("fast", step=1.0, postprocess={"fill_holes": True}).postprocess.fill_holes
-    assert InferenceConfig.for_mode("accurate").to_dict()["mirror"] == [0, 1]
+    assert InferenceConfig.for_mode("accurate").to_dict()["mirror"] is None and paper.mirror is None
+    assert InferenceConfig.for_mode("accurate", mirror=[0, 1]).to_dict()["mirror"] == [0, 1]
 
 
 @pytest.mark.parametrize(

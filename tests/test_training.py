@@ -18,29 +18,33 @@ import numpy as np
 import pytest
 import torch
 
-from flareseg.training.augment import build_augmentation, build_patch_sampler, pad_widths
-from flareseg.data.cache import CaseCache, SourceCase, sample_locations
 from flareseg.cli import main
-from flareseg.config import FINE_TUNE_LR, AugmentConfig, Fingerprint, PreprocessConfig, TrainConfig
-from flareseg.errors import ConfigError, InputError
+from flareseg.config import FINE_TUNE_LR, AugmentConfig, Fingerprint, PreprocessConfig, TrainConfig, apply_overrides, get_preset, task_labels
+from flareseg.data.cache import CACHE_DIRNAME, CaseCache, SourceCase, sample_locations
+from flareseg.errors import ConfigError, InputError, TrainingError
+from flareseg.inference import InferenceConfig, TwoStepPredictor
 from flareseg.io import Volume, write_volume
-from flareseg.model.folder import load_model, read_model_config
-from flareseg.training.loop import (
+from flareseg.model.folder import WEIGHTS_FILE, load_model, read_model_config, save_tensors
+from flareseg.model.predictor import ModelPredictor
+from flareseg.model.sliding_window import mirror_combinations
+from flareseg.training import train
+from flareseg.training.augment import build_augmentation, build_patch_sampler, pad_widths
+from flareseg.training.checkpoint import (
     CHECKPOINT_FILE,
-    CURVE_FILE,
     LAST_WEIGHTS_FILE,
     LOG_FILE,
-    apply_overrides,
-    dice_per_class,
-    initial_network,
+    TrainingState,
     load_checkpoint,
-    lr_for_epoch,
-    poly_lr,
     read_log,
-    sample_patches,
-    target_lut,
-    train,
+    recover_best,
+    safetensors_meta,
 )
+from flareseg.training.configure import training_overrides
+from flareseg.training.curve import CURVE_FILE
+from flareseg.training.data import sample_patches
+from flareseg.training.loop import initial_network
+from flareseg.training.schedule import lr_for_epoch, poly_lr
+from flareseg.training.validation import case_dice, dice_per_class
 
 TOY_ORGANS = (1, 2, 3, 5, 13)  # liver, right kidney, spleen, aorta, left kidney
 
@@ -144,10 +148,12 @@ def test_poly_schedule_values_and_the_fixed_tail():
     assert all(a >= b for a, b in zip(values, values[1:]))  # never increases
     assert poly_lr(1000, base_lr=1e-4, horizon=500, floor=1e-6) == 1e-6
     assert poly_lr(499, base_lr=1e-4, horizon=500, floor=1e-6) == 1e-6  # the floor also bounds the decay
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="epoch=-1"):
         poly_lr(-1, base_lr=1e-4, horizon=500)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="horizon=0"):
         poly_lr(0, base_lr=1e-4, horizon=0)
+    with pytest.raises(ConfigError, match="base_lr=nan"):
+        poly_lr(0, base_lr=float("nan"), horizon=500)
 
 
 def test_epochs_are_one_based_in_the_schedule():
@@ -200,9 +206,33 @@ def test_each_probability_is_wired_to_its_transform(name):
         assert torch.equal(label, data["label"])  # intensity transforms never touch the label
 
 
-def test_probability_outside_unit_interval_is_rejected():
-    with pytest.raises(ConfigError, match="noise_prob"):
-        build_augmentation(dataclasses.replace(OFF, noise_prob=1.5))
+@pytest.mark.parametrize(
+    "build,field",
+    [
+        (lambda: dataclasses.replace(OFF, noise_prob=1.5), "augment.noise_prob"),
+        (lambda: dataclasses.replace(OFF, flip_x_prob=float("nan")), "augment.flip_x_prob"),
+        (lambda: dataclasses.replace(OFF, gamma_range=(2.0, 1.0)), "augment.gamma_range"),
+        (lambda: dataclasses.replace(OFF, smooth_sigma=(0.0, 1.0)), "augment.smooth_sigma"),
+        (lambda: TrainConfig(learning_rate=float("nan")), "train.learning_rate"),
+        (lambda: TrainConfig(learning_rate=-1e-3), "train.learning_rate"),
+        (lambda: TrainConfig(max_minutes=float("inf")), "train.max_minutes"),
+        (lambda: TrainConfig(pos_fraction=-0.1), "train.pos_fraction"),
+        (lambda: TrainConfig(epochs=2.5), "train.epochs"),
+        (lambda: TrainConfig(patch_size=(32, 32)), "train.patch_size"),
+    ],
+)
+def test_invalid_protocol_values_are_refused_when_built(build, field):
+    with pytest.raises(ConfigError, match=field):
+        build()
+
+
+def test_a_nan_or_negative_learning_rate_from_the_cli_is_a_config_error(prepared, tmp_path, capsys):
+    for value in ("nan", "-0.001"):
+        args = ["--quiet", "train", "--task", "organ", "--prepared", str(prepared), "--out", str(tmp_path / value), "--preset", "tiny", "--lr", value]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert "train.learning_rate" in err and value.lstrip("-") in err, err
+        assert not (tmp_path / value).exists()
 
 
 # --------------------------------------------------------------------------- patches and cache
@@ -247,9 +277,13 @@ def test_negative_patches_come_from_background():
 
 
 def test_lesion_is_background_for_the_organ_task_and_the_only_class_for_the_tumour_task():
-    lut_o, lut_t = target_lut("organ"), target_lut("tumor")
+    lut_o, lut_t = task_labels("organ").target_lut(), task_labels("tumor").target_lut()
     assert lut_o[14] == 0 and lut_o[1] == 1 and lut_o[13] == 13
     assert lut_t[14] == 1 and lut_t[1] == 0 and lut_t.max() == 1
+    assert task_labels("organ").foreground_ids == tuple(range(1, 14)) and task_labels("tumor").foreground_ids == (14,)
+    assert get_preset("paper", "organ").network.out_channels == 14 and get_preset("paper", "tumor").network.out_channels == 2
+    with pytest.raises(ConfigError, match="liver"):
+        task_labels("liver")
 
 
 def test_small_image_is_padded_to_the_patch():
@@ -295,17 +329,21 @@ def test_dice_per_class_follows_the_flare_empty_mask_convention():
 
 
 def test_overrides_map_onto_config_fields():
-    from flareseg.config import get_preset
-
     p = get_preset("tiny")
-    net, pre, tr = apply_overrides(
-        p.network, p.preprocess, p.train, {"train.learning_rate": 0.5, "network": {"filters": [4, 8, 16, 32]}, "augment.noise_prob": 0}
-    )
-    assert tr.learning_rate == 0.5 and net.filters == (4, 8, 16, 32) and tr.augment.noise_prob == 0
+    overrides = {"train.learning_rate": 0.5, "network": {"filters": [4, 8, 16, 32]}, "augment.noise_prob": 0, "train": {"augment": {"gamma_prob": 0.5}}}
+    q = apply_overrides(p, training_overrides(overrides))
+    assert q.train.learning_rate == 0.5 and q.network.filters == (4, 8, 16, 32)
+    assert q.train.augment.noise_prob == 0 and q.train.augment.gamma_prob == 0.5
+    assert q.train.augment.flip_x_prob == p.train.augment.flip_x_prob  # untouched fields keep their values
+    assert p.train.learning_rate != 0.5  # the preset itself is unchanged
     with pytest.raises(ConfigError, match="learning_rat"):
-        apply_overrides(p.network, p.preprocess, p.train, {"train.learning_rat": 1})
-    with pytest.raises(ConfigError, match="must be >= 1"):
-        apply_overrides(p.network, p.preprocess, p.train, {"train.epochs": 0})
+        apply_overrides(p, training_overrides({"train.learning_rat": 1}))
+    with pytest.raises(ConfigError, match="train.epochs must be an integer >= 1, got 0"):
+        apply_overrides(p, training_overrides({"train": {"epochs": 0}}))
+    with pytest.raises(ConfigError, match="'learning_rate' is a value, not a section"):
+        apply_overrides(p, training_overrides({"train.learning_rate.x": 1}))
+    with pytest.raises(ConfigError, match="expected network"):
+        training_overrides({"name": "other"})
 
 
 # --------------------------------------------------------------------------- training runs
@@ -428,12 +466,125 @@ def test_time_budget_stops_gracefully_with_a_valid_folder(prepared, tmp_path):
     train(prepared, out, task="tumor", preset="tiny", progress=False, num_workers=0, overrides={"train.max_minutes": 0.001})
     rows = read_log(out / LOG_FILE)
     assert len(rows) == 1 and "val_mean_dice" in rows[0]
-    meta = load_checkpoint(out / CHECKPOINT_FILE, initial_network(read_model_config(out).network, None, seed=0),
-                           torch.optim.Adam(initial_network(read_model_config(out).network, None, seed=0).parameters()))
-    assert meta["epoch"] == 1
+    network = initial_network(read_model_config(out).network, None, seed=0)
+    state = load_checkpoint(out / CHECKPOINT_FILE, network, torch.optim.Adam(network.parameters()))
+    assert isinstance(state, TrainingState) and state.epoch == 1
+    assert state.best_epoch == 1 and isinstance(state.best_score, float) and state.best_score == pytest.approx(rows[0]["val_mean_dice"], abs=5e-5)
     load_model(out)
 
 
 def test_missing_manifest_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="manifest.json"):
         train(tmp_path, tmp_path / "out", task="organ", preset="tiny", progress=False)
+
+
+# --------------------------------------------------------------------------- training writes what inference reads
+
+
+def _flare_dice(pred: np.ndarray, label: np.ndarray, ids) -> np.ndarray:
+    """Dice per final label id, written out independently of the training code (both empty: 1)."""
+    out = []
+    for i in ids:
+        p, g = pred == i, label == i
+        total = int(p.sum() + g.sum())
+        out.append(1.0 if total == 0 else 2.0 * int((p & g).sum()) / total)
+    return np.array(out)
+
+
+def test_validation_dice_is_what_the_deployed_predictor_gives(prepared, trained):
+    """The Dice logged for each held-out case is the shipped predictor's on that case's network grid."""
+    cfg = read_model_config(trained)
+    rows = read_log(trained / LOG_FILE)
+    best = [r for r in rows if r.get("best")][-1]  # model.safetensors holds the weights of this epoch
+    assert safetensors_meta(trained / WEIGHTS_FILE)["epoch"] == str(best["epoch"])
+    predictor = ModelPredictor.from_folder(trained)
+    cache = CaseCache(prepared / CACHE_DIRNAME, cfg.preprocess, cfg.fingerprint)
+    means = []
+    for name in cfg.data["val_cases"]:
+        case = cache.load(name)
+        labels = predictor.predict_labels(np.asarray(case.image, dtype=np.float32), step=1 - cfg.train.val_overlap, mirror=())
+        dice = _flare_dice(labels, np.asarray(case.label), cfg.channel_labels[1:])
+        assert float(dice.mean()) == pytest.approx(best["val_case_dice"][name], abs=1e-6)
+        np.testing.assert_allclose(case_dice(predictor, case, step=1 - cfg.train.val_overlap), dice, atol=1e-12)
+        means.append(dice)
+    network = initial_network(cfg.network, None, seed=0)
+    state = load_checkpoint(trained / CHECKPOINT_FILE, network, torch.optim.Adam(network.parameters()))
+    assert state.best_epoch == best["epoch"]
+    assert state.best_score == pytest.approx(float(np.mean(means)), abs=1e-9)
+
+
+def test_flip_x_off_leaves_x_out_of_the_test_time_mirrors(prepared, tmp_path):
+    out = tmp_path / "no_x_flip"
+    train(prepared, out, task="organ", preset="tiny", epochs=1, progress=False, num_workers=0,
+          overrides={"augment": {"flip_x_prob": 0.0}, "train": {"iterations_per_epoch": 1}})
+    section = json.loads((out / "config.json").read_text())["inference"]
+    assert section["mirror_axes"] == [1] and section["patch_size"] == [32, 32, 32]
+    cfg, network = load_model(out)
+    assert section["pad_value"] == pytest.approx((cfg.fingerprint.percentile_00_5 - cfg.fingerprint.mean) / cfg.fingerprint.std)
+
+    calls: list[torch.Tensor] = []
+
+    class Recording(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            calls.append(x.clone())
+            return self.inner(x)
+
+    image, _ = toy_case(7)
+    for mirror, axes in ((None, (1,)), ((0, 1), (0, 1))):
+        calls.clear()
+        config = InferenceConfig.for_mode("accurate", mirror=mirror)
+        predictor = TwoStepPredictor(ModelPredictor(cfg, Recording(network)), None, config=config)
+        _, report = predictor.segment(image)
+        tiles = predictor.organ.count_tiles(report.network_shape, config.step, ())
+        assert report.tiles["organ"] == len(calls) == tiles * 2 ** len(axes)
+        combos = mirror_combinations(axes)  # each tile's passes, in the sliding window's order
+        for t in range(tiles):
+            first = calls[t * len(combos)]
+            for k, combo in enumerate(combos):
+                flipped = torch.flip(first, [2 + a for a in combo]) if combo else first
+                assert torch.equal(calls[t * len(combos) + k], flipped)
+
+
+def test_a_non_finite_loss_is_a_training_error(prepared, tmp_path, monkeypatch):
+    import flareseg.training.loop as loop
+
+    monkeypatch.setattr(loop, "compute_loss", lambda fn, output, target: output.sum() * float("nan"))
+    with pytest.raises(TrainingError, match=r"epoch 1, step 1: the loss became nan"):
+        train(prepared, tmp_path / "nan", task="tumor", preset="tiny", epochs=1, progress=False, num_workers=0)
+
+
+def test_older_files_with_none_strings_still_read(tmp_path):
+    state = TrainingState.from_meta({"epoch": 3, "best_score": "None", "best_epoch": "None", "train_seconds": 1.5}, source=tmp_path)
+    assert state == TrainingState(epoch=3, best_score=None, best_epoch=None, train_seconds=1.5)
+    assert TrainingState.from_meta({"epoch": 4, "best_score": 0.5, "best_epoch": 2}, source=tmp_path).best_score == 0.5
+    with pytest.raises(ConfigError, match="training state"):
+        TrainingState.from_meta({"best_score": 0.5}, source=tmp_path)
+    weights = {"w": torch.zeros(2)}
+    save_tensors(weights, tmp_path / WEIGHTS_FILE, metadata={"epoch": "5", "task": "organ", "score": "None"})
+    assert recover_best(TrainingState(epoch=4), tmp_path).best_score is None  # an unscored later file changes nothing
+    save_tensors(weights, tmp_path / WEIGHTS_FILE, metadata={"epoch": "5", "task": "organ", "score": "0.625"})
+    recovered = recover_best(TrainingState(epoch=4, best_score=0.5, best_epoch=2), tmp_path)
+    assert (recovered.best_score, recovered.best_epoch) == (0.625, 5)
+    assert recover_best(TrainingState(epoch=5, best_score=0.5, best_epoch=2), tmp_path).best_epoch == 2  # not later: kept
+
+
+def test_training_curve_labels_each_class_and_counts_whole_epochs(tmp_path, monkeypatch):
+    import flareseg.training.curve as curve
+
+    figures = []
+    monkeypatch.setattr(curve, "save_figure", lambda fig, path: figures.append(fig))
+    rows = [{"epoch": e, "train_loss": 1.0 / e, "lr": 1e-3} for e in range(1, 8)]
+    for row in rows[2::3]:
+        row.update(val_dice={"liver": 0.5, "right kidney": 0.25}, val_mean_dice=0.375)
+    curve.write_training_curve(rows, tmp_path / "curve.png", title="t")
+    ax_loss, ax_dice = figures[0].axes[:2]  # then the learning-rate twin
+    legend = [t.get_text() for t in ax_dice.get_legend().get_texts()]
+    assert legend == ["Liver", "RK", "mean"]
+    figures[0].canvas.draw()
+    for ax in (ax_loss, ax_dice):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks)

@@ -53,17 +53,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from flareseg.training.loop import train
+    from flareseg.training import train
 
-    overrides = {}
-    if args.max_minutes is not None:
-        overrides["train.max_minutes"] = args.max_minutes
-    if args.lr is not None:
-        overrides["train.learning_rate"] = args.lr
-    if args.iterations is not None:
-        overrides["train.iterations_per_epoch"] = args.iterations
-    if args.lr_horizon is not None:
-        overrides["train.poly_horizon_epochs"] = args.lr_horizon
+    flags = {"max_minutes": args.max_minutes, "learning_rate": args.lr, "iterations_per_epoch": args.iterations, "poly_horizon_epochs": args.lr_horizon}
+    overrides = {"train": {name: value for name, value in flags.items() if value is not None}}
     folder = train(
         args.prepared,
         args.out,

@@ -1,23 +1,84 @@
 """Frozen configuration objects: hyperparameters are data, serialised to JSON in the model folder.
 
-Presets (`paper`, `cpu`, `tiny`) are values of the same classes, not new classes. CLI flags map onto
-fields with :func:`dataclasses.replace`.
+Presets (`paper`, `cpu`, `tiny`) are values of the same classes, not new classes. Every class checks
+its values when built (a NaN or a negative learning rate is a :class:`~flareseg.errors.ConfigError`
+naming the field); :func:`apply_overrides` maps user settings (CLI flags, keyword arguments) onto the
+fields of nested configs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from flareseg.errors import ConfigError
-from flareseg.labels import NUM_ORGAN_CHANNELS, NUM_TUMOR_CHANNELS
+from flareseg.labels import TASK_TABLE, TaskLabels
 
 Task = Literal["organ", "tumor"]
-TASKS: tuple[str, ...] = ("organ", "tumor")
+TASKS: tuple[str, ...] = tuple(TASK_TABLE)
 FORMAT_VERSION = 1
 """Version of the model-folder format written in config.json."""
+
+C = TypeVar("C")
+
+
+def task_labels(task: str) -> TaskLabels:
+    """The task table's entry (:data:`flareseg.labels.TASK_TABLE`) for `task`.
+
+    Raises:
+        ConfigError: an unknown task.
+    """
+    if task not in TASK_TABLE:
+        raise ConfigError(f"unknown task {task!r}; choose {' or '.join(repr(t) for t in TASK_TABLE)}")
+    return TASK_TABLE[task]
+
+
+def _check_real(name: str, value: Any, *, low: float | None = None, high: float | None = None, open_low: bool = False, open_high: bool = False) -> None:
+    """Raise ConfigError unless `value` is a finite real number within the given bounds (NaN never is)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if open_low else value >= low
+    if ok and high is not None:
+        ok = value < high if open_high else value <= high
+    if ok:
+        return
+    if low is not None and high is not None:
+        bounds = f" in {'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+    elif low is not None:
+        bounds = f" {'>' if open_low else '>='} {low}"
+    else:
+        bounds = ""
+    raise ConfigError(f"{name} must be a finite number{bounds}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, *, low: int) -> None:
+    """Raise ConfigError unless `value` is an integer >= `low`."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
+        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _check_range(name: str, value: Any, *, low: float) -> None:
+    """Raise ConfigError unless `value` is a pair of finite numbers ``low < a <= b``."""
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a pair (low, high), got {value!r}") from None
+    _check_real(name, a, low=low, open_low=True)
+    _check_real(name, b, low=low, open_low=True)
+    if a > b:
+        raise ConfigError(f"{name} must be a range low <= high, got {value!r}")
+
+
+def _check_patch(name: str, value: Any) -> None:
+    if not isinstance(value, tuple) or len(value) != 3:
+        raise ConfigError(f"{name} must be 3 positive integers, got {value!r}")
+    for v in value:
+        _check_int(name, v, low=1)
 
 
 @dataclass(frozen=True)
@@ -35,7 +96,7 @@ class NetworkConfig:
     """
 
     in_channels: int = 1
-    out_channels: int = NUM_ORGAN_CHANNELS
+    out_channels: int = TASK_TABLE["organ"].num_channels
     filters: tuple[int, ...] = (32, 64, 128, 256, 320, 320)
     strides: tuple[int, ...] = (1, 2, 2, 2, 2, 2)
     kernel_size: int = 3
@@ -72,8 +133,12 @@ class PreprocessConfig:
     body_margin_mm: float = 5.0
 
     def __post_init__(self) -> None:
-        if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
+        if len(self.target_spacing) != 3:
             raise ConfigError(f"preprocess.target_spacing must be 3 positive numbers, got {self.target_spacing}")
+        for value in self.target_spacing:
+            _check_real("preprocess.target_spacing", value, low=0, open_low=True)
+        _check_real("preprocess.body_threshold_hu", self.body_threshold_hu)
+        _check_real("preprocess.body_margin_mm", self.body_margin_mm, low=0)
 
 
 @dataclass(frozen=True)
@@ -86,6 +151,8 @@ class Fingerprint:
     std: float
 
     def __post_init__(self) -> None:
+        for name in ("percentile_00_5", "percentile_99_5", "mean"):
+            _check_real(f"fingerprint.{name}", getattr(self, name))
         if not self.std > 0:
             raise ConfigError(f"fingerprint.std must be positive, got {self.std}")
         if not self.percentile_00_5 <= self.percentile_99_5:
@@ -94,7 +161,19 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The paper's augmentations (table 3), each drawn per image with its probability."""
+    """The paper's augmentations (table 3), each drawn per patch with its probability.
+
+    Attributes:
+        flip_x_prob, flip_y_prob: flips along axis 0 (I) and 1 (J) of the canonical LPS grid; a model
+            trained with a flip is mirrored along that axis at test time (:func:`trained_mirror_axes`).
+        smooth_prob, smooth_sigma: Gaussian smoothing, sigma range in voxels.
+        noise_prob, noise_std: additive Gaussian noise (normalised intensity units).
+        gamma_prob, gamma_range: gamma contrast.
+        shift_prob, shift_offset: intensity shift by up to the offset (normalised units).
+
+    Raises:
+        ConfigError: a probability outside [0, 1], a NaN, an empty or non-positive range.
+    """
 
     flip_x_prob: float = 0.2
     flip_y_prob: float = 0.2
@@ -106,6 +185,23 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.5, 2.5)
     shift_prob: float = 0.1
     shift_offset: float = 0.3
+
+    def __post_init__(self) -> None:
+        for name in ("flip_x_prob", "flip_y_prob", "smooth_prob", "noise_prob", "gamma_prob", "shift_prob"):
+            _check_real(f"augment.{name}", getattr(self, name), low=0.0, high=1.0)
+        _check_range("augment.smooth_sigma", self.smooth_sigma, low=0.0)
+        _check_range("augment.gamma_range", self.gamma_range, low=0.0)
+        _check_real("augment.noise_std", self.noise_std, low=0.0)
+        _check_real("augment.shift_offset", self.shift_offset, low=0.0)
+
+
+def trained_mirror_axes(augment: AugmentConfig) -> tuple[int, ...]:
+    """The network-grid axes a model trained with `augment` has seen flipped: its safe test-time mirrors.
+
+    ``flip_x_prob > 0`` -> axis 0 (I of the canonical LPS grid), ``flip_y_prob > 0`` -> axis 1 (J).
+    The axial axis K is never flipped in training, so it is never mirrored.
+    """
+    return tuple(axis for axis, prob in ((0, augment.flip_x_prob), (1, augment.flip_y_prob)) if prob > 0)
 
 
 @dataclass(frozen=True)
@@ -124,6 +220,10 @@ class TrainConfig:
         val_every: validate on the held-out split every this many epochs.
         val_overlap: overlap of the sliding windows that segment the validation cases (0.5: nnU-Net's step 0.5).
         max_minutes: stop after this wall time (None: no limit); the checkpoint stays resumable.
+
+    Raises:
+        ConfigError: a count below 1, a NaN or infinite number, a learning rate <= 0, a fraction
+            outside its range; the message names the field and the value.
     """
 
     epochs: int = 1000
@@ -144,19 +244,51 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "iterations_per_epoch", "batch_size", "samples_per_image", "val_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.pos_fraction <= 1:
-            raise ConfigError(f"train.pos_fraction must lie in [0, 1], got {self.pos_fraction}")
-        if not 0 <= self.val_overlap < 1:
-            raise ConfigError(f"train.val_overlap must lie in [0, 1), got {self.val_overlap}")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"train.learning_rate must be positive, got {self.learning_rate}")
+        for name in ("epochs", "iterations_per_epoch", "batch_size", "samples_per_image", "val_every", "poly_horizon_epochs"):
+            _check_int(f"train.{name}", getattr(self, name), low=1)
+        _check_int("train.seed", self.seed, low=0)
+        _check_patch("train.patch_size", self.patch_size)
+        _check_real("train.pos_fraction", self.pos_fraction, low=0.0, high=1.0)
+        _check_real("train.val_overlap", self.val_overlap, low=0.0, high=1.0, open_high=True)
+        _check_real("train.learning_rate", self.learning_rate, low=0.0, open_low=True)
+        _check_real("train.weight_decay", self.weight_decay, low=0.0)
+        _check_real("train.poly_exponent", self.poly_exponent, low=0.0, open_low=True)
+        _check_real("train.lr_floor", self.lr_floor, low=0.0)
+        if self.max_minutes is not None:
+            _check_real("train.max_minutes", self.max_minutes, low=0.0, open_low=True)
+        if not isinstance(self.augment, AugmentConfig):
+            raise ConfigError(f"train.augment must be an AugmentConfig, got {type(self.augment).__name__}")
 
 
 FINE_TUNE_LR = 5e-5
 FINE_TUNE_EPOCHS = 40
+
+
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """How a model is meant to be run, as its training left it (the ``inference`` section of config.json).
+
+    Training writes it (:func:`flareseg.model.folder.inference_defaults`); the predictor reads it, so the
+    tiles, their padding and the test-time mirrors are those the network was trained for.
+
+    Attributes:
+        patch_size: sliding-window tile in voxels (I, J, K) of the network grid: the training patch.
+        mirror_axes: network-grid axes (0, 1, 2) the model may be mirrored along at test time: the
+            axes its augmentation flipped (:func:`trained_mirror_axes`).
+        pad_value: normalised intensity that tiles reaching past the image are padded with: the
+            normalised value of air (the fingerprint's lower clip bound), as training pads patches.
+    """
+
+    patch_size: tuple[int, int, int]
+    mirror_axes: tuple[int, ...] = ()
+    pad_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_patch("inference.patch_size", self.patch_size)
+        axes = self.mirror_axes
+        if not isinstance(axes, tuple) or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
+            raise ConfigError(f"inference.mirror_axes must be distinct axes among 0, 1, 2; got {axes!r}")
+        _check_real("inference.pad_value", self.pad_value)
 
 
 @dataclass(frozen=True)
@@ -204,11 +336,59 @@ def get_preset(name: str, task: str = "organ") -> Preset:
     """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; choose 'organ' or 'tumor'")
+    channels = task_labels(task).num_channels
     preset = PRESETS[name]
-    channels = NUM_ORGAN_CHANNELS if task == "organ" else NUM_TUMOR_CHANNELS
     return dataclasses.replace(preset, network=dataclasses.replace(preset.network, out_channels=channels))
+
+
+def override_paths(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Overrides as ``{dotted path: value}``: ``{"train": {"lr": 1}, "a.b": 2}`` -> ``{"train.lr": 1, "a.b": 2}``.
+
+    A mapping value always opens a section; any other value (lists included) is a leaf.
+    """
+    out: dict[str, Any] = {}
+    for key, value in (overrides or {}).items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}.{inner}": v for inner, v in override_paths(value).items()})
+        else:
+            out[str(key)] = value
+    return out
+
+
+def apply_overrides(obj: C, overrides: Mapping[str, Any] | None, *, prefix: str = "") -> C:
+    """A copy of the frozen (nested) config dataclass `obj` with `overrides` applied.
+
+    Args:
+        obj: a config dataclass, e.g. a :class:`Preset` or an ``InferenceConfig``.
+        overrides: dotted paths or nested mappings, e.g. ``{"train.learning_rate": 1e-3, "network":
+            {"filters": [8, 16, 32, 64]}}``; lists become tuples. Each changed object is rebuilt, so
+            its class validates the new values.
+        prefix: how error messages name `obj` (``"inference"``: ``inference.step``).
+
+    Raises:
+        ConfigError: an unknown field (the message lists the known ones), a path into a field that is
+            not a section, or a value the class refuses (the message names the field).
+    """
+    for path, value in override_paths(overrides).items():
+        obj = _replace_path(obj, path.split("."), value, f"{prefix}.{path}" if prefix else path)
+    return obj
+
+
+def _replace_path(obj: Any, parts: list[str], value: Any, full: str) -> Any:
+    names = {f.name for f in dataclasses.fields(obj)}
+    if parts[0] not in names:
+        raise ConfigError(f"unknown setting {full!r}: {type(obj).__name__} has no field {parts[0]!r} (fields: {', '.join(sorted(names))})")
+    if len(parts) > 1:
+        inner = getattr(obj, parts[0])
+        if not dataclasses.is_dataclass(inner):
+            raise ConfigError(f"unknown setting {full!r}: {parts[0]!r} is a value, not a section")
+        value = _replace_path(inner, parts[1:], value, full)
+    elif isinstance(value, list):
+        value = tuple(value)
+    try:
+        return dataclasses.replace(obj, **{parts[0]: value})
+    except TypeError as exc:  # a comparison in a validator met a value of the wrong type
+        raise ConfigError(f"invalid value {value!r} for {full!r}: {exc}") from None
 
 
 def to_dict(obj: Any) -> Any:

@@ -21,3 +21,7 @@ class ConfigError(FlaresegError, ValueError):
 
 class ModelFolderError(ConfigError):
     """A model folder is missing, incomplete or of an unknown format version."""
+
+
+class TrainingError(FlaresegError):
+    """Training cannot go on (e.g. the loss became NaN or infinite); the message names the epoch and the value."""

@@ -50,10 +50,6 @@ LESION = 14
 ORGAN_IDS: tuple[int, ...] = tuple(range(1, 14))
 """The 13 organ ids, 1-13."""
 ALL_FOREGROUND_IDS: tuple[int, ...] = ORGAN_IDS + (LESION,)
-NUM_ORGAN_CHANNELS = 14
-"""Output channels of the organ model: background + 13 organs."""
-NUM_TUMOR_CHANNELS = 2
-"""Output channels of the tumour model: background, lesion."""
 
 BY_ID: dict[int, LabelClass] = {c.id: c for c in LABELS}
 BY_NAME: dict[str, LabelClass] = {c.name: c for c in LABELS}
@@ -69,6 +65,49 @@ SINGLE_BODY_IDS: tuple[int, ...] = ORGAN_IDS
 
 LESION_HOST_IDS: tuple[int, ...] = (LIVER, RIGHT_KIDNEY, SPLEEN, PANCREAS, STOMACH, DUODENUM, LEFT_KIDNEY, GALLBLADDER)
 """Organs in and near which the tumour model is run in `fast` mode."""
+
+
+@dataclass(frozen=True)
+class TaskLabels:
+    """What one model of the two-step system predicts: the final label id of each output channel.
+
+    Attributes:
+        name: 'organ' or 'tumor'.
+        channel_labels: final label id (0-14) of output channel c, background first.
+    """
+
+    name: str
+    channel_labels: tuple[int, ...]
+
+    @property
+    def num_channels(self) -> int:
+        """Output channels of the model (background included)."""
+        return len(self.channel_labels)
+
+    @property
+    def foreground_ids(self) -> tuple[int, ...]:
+        """Final label ids that are foreground for this task (every channel but the background)."""
+        return self.channel_labels[1:]
+
+    def target_lut(self) -> "np.ndarray":
+        """(256,) uint8 lookup table from FLARE label ids to this task's channel indices.
+
+        An id that is not one of this task's classes maps to 0 (background): for the organ task the
+        lesion (14) counts as background, for the tumour task every organ does.
+        """
+        import numpy as np
+
+        lut = np.zeros(256, dtype=np.uint8)
+        lut[list(self.channel_labels)] = np.arange(self.num_channels, dtype=np.uint8)
+        return lut
+
+
+TASK_TABLE: dict[str, TaskLabels] = {
+    "organ": TaskLabels("organ", (BACKGROUND, *ORGAN_IDS)),
+    "tumor": TaskLabels("tumor", (BACKGROUND, LESION)),
+}
+"""The two models (DESIGN sections 1 and 4): the organ model's 14 channels are ids 0-13, the tumour
+model's 2 channels are background and lesion (14). Look a task up with :func:`flareseg.config.task_labels`."""
 
 
 def name_of(label_id: int) -> str:

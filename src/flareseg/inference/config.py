@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from flareseg.config import to_dict
+from flareseg.config import apply_overrides, to_dict
 from flareseg.errors import ConfigError
 from flareseg.model.sliding_window import PRECISIONS, mirror_combinations
 from flareseg.transforms.postprocess import DEFAULT as DEFAULT_POSTPROCESS
@@ -15,10 +14,6 @@ from flareseg.transforms.postprocess import PostprocessConfig
 
 MODES: tuple[str, ...] = ("fast", "accurate", "paper")
 """The inference presets (:meth:`InferenceConfig.for_mode`)."""
-
-
-TRAINED_FLIP_AXES = (0, 1)
-"""Axes (I, J of the canonical grid) that the paper's augmentation flips: the safe test-time mirrors."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +25,8 @@ class InferenceConfig:
         step: sliding-window step as a fraction of the patch, in (0, 1]; overlap = 1 - step.
         mirror: spatial axes (0, 1, 2 of the canonical LPS network grid) for test-time mirroring; the
             logits are averaged over every subset of flips (``(0, 1, 2)``: 8 passes, as nnU-Net).
+            None: each model's own trained axes (the ``inference.mirror_axes`` its training wrote:
+            the axes its augmentation flipped); ``()``: no mirroring.
         roi: locate the organs on a coarse grid first and run the fine models only inside.
         roi_downsample: average-pooling factor of the coarse grid (2: the network image at half
             resolution; 1: the network grid itself).
@@ -49,7 +46,7 @@ class InferenceConfig:
 
     mode: str = "fast"
     step: float = 0.8
-    mirror: tuple[int, ...] = ()
+    mirror: tuple[int, ...] | None = ()
     roi: bool = True
     roi_downsample: float = 2.0
     roi_step: float = 1.0
@@ -68,9 +65,10 @@ class InferenceConfig:
             if not 0 < value <= 1:
                 raise ConfigError(f"inference.{name} must lie in (0, 1], got {value}")
         try:
-            mirror_combinations(self.mirror)
-        except ConfigError:
-            raise ConfigError(f"inference.mirror must be distinct axes among 0, 1, 2; got {self.mirror}") from None
+            if self.mirror is not None:
+                mirror_combinations(self.mirror)
+        except (ConfigError, TypeError, ValueError):
+            raise ConfigError(f"inference.mirror must be None or distinct axes among 0, 1, 2; got {self.mirror!r}") from None
         if not self.roi_downsample >= 1:
             raise ConfigError(f"inference.roi_downsample must be >= 1, got {self.roi_downsample}")
         for name in ("roi_margin_mm", "tumor_margin_mm"):
@@ -91,13 +89,17 @@ class InferenceConfig:
 
         - ``fast``: coarse organ pass on a 2x pooled grid, fine models in the ROI, step 0.8, no mirroring,
           post-processing on.
-        - ``accurate``: whole volume, step 0.5, mirroring along I and J (4 passes), post-processing on.
+        - ``accurate``: whole volume, step 0.5, mirroring along each model's trained axes, post-processing on.
         - ``paper``: the paper's procedure: whole network grid but only its middle 50 mm along K,
-          step 0.5, mirroring along I and J, no post-processing.
+          step 0.5, mirroring along each model's trained axes, no post-processing.
 
-        Test-time mirroring uses only the axes the paper's augmentation flips (x and y): mirroring the
-        axial axis too (nnU-Net's 8 passes) shows the network upside-down anatomy it never saw in
-        training, which measurably hurt a trained `cpu` model (stomach DSC 0.87 -> 0.32).
+        Test-time mirroring (``mirror=None``) uses only the axes each model's augmentation flipped
+        (for the paper's protocol I and J: 4 passes): mirroring the axial axis too (nnU-Net's 8
+        passes) shows the network upside-down anatomy it never saw in training, which measurably hurt
+        a trained `cpu` model (stomach DSC 0.87 -> 0.32). An explicit tuple overrides it for both models.
+
+        `overrides` are field names, nested mappings for sections (``postprocess={"fill_holes": True}``
+        changes that one field of the mode's post-processing), see :func:`flareseg.config.apply_overrides`.
 
         Raises:
             ConfigError: unknown mode or field, or an invalid value.
@@ -106,16 +108,10 @@ class InferenceConfig:
             raise ConfigError(f"unknown inference mode {mode!r}; choose one of {', '.join(MODES)}")
         base = {
             "fast": cls(mode="fast"),
-            "accurate": cls(mode="accurate", step=0.5, mirror=TRAINED_FLIP_AXES, roi=False),
-            "paper": cls(mode="paper", step=0.5, mirror=TRAINED_FLIP_AXES, roi=False, paper_slices=50, postprocess=NO_POSTPROCESS),
+            "accurate": cls(mode="accurate", step=0.5, mirror=None, roi=False),
+            "paper": cls(mode="paper", step=0.5, mirror=None, roi=False, paper_slices=50, postprocess=NO_POSTPROCESS),
         }[mode]
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(overrides) - names
-        if unknown:
-            raise ConfigError(f"unknown inference field(s) {sorted(unknown)}")
-        if isinstance(overrides.get("postprocess"), dict):
-            overrides["postprocess"] = PostprocessConfig(**overrides["postprocess"])
-        return dataclasses.replace(base, **overrides)
+        return apply_overrides(base, overrides, prefix="inference")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -43,7 +43,7 @@ from flareseg.inference.config import InferenceConfig
 from flareseg.inference.reports import PredictionReport, StageTimer
 from flareseg.io import Grid, Volume, case_name, read_image, remove_stale_temporaries, strip_image_suffix, write_label
 from flareseg.io.output import check_output_file
-from flareseg.labels import LESION_HOST_IDS, NUM_ORGAN_CHANNELS, NUM_TUMOR_CHANNELS, ORGAN_IDS
+from flareseg.labels import LESION_HOST_IDS, ORGAN_IDS, TASK_TABLE
 from flareseg.model.device import resolve_device
 from flareseg.model.predictor import ModelPredictor, downsample
 from flareseg.transforms.merge import merge_labels
@@ -74,7 +74,7 @@ MAX_ROI_GROWTHS = 3
 
 def _as_predictor(model: str | os.PathLike | ModelPredictor, device: torch.device, task: str) -> ModelPredictor:
     predictor = model if isinstance(model, ModelPredictor) else ModelPredictor.from_folder(model, device)
-    expected = NUM_ORGAN_CHANNELS if task == "organ" else NUM_TUMOR_CHANNELS
+    expected = TASK_TABLE[task].num_channels
     if predictor.config.network.out_channels != expected:
         raise ConfigError(
             f"the {task} model must have {expected} output channels; {predictor!r} has {predictor.config.network.out_channels}"

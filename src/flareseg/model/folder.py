@@ -2,6 +2,11 @@
 
 A model folder holds ``config.json`` (:class:`ModelConfig`) and ``model.safetensors`` (the weights to
 predict with). Loading needs only the folder path: no environment variables, no pickle.
+
+Training writes what inference reads: the ``inference`` section of config.json
+(:class:`~flareseg.config.InferenceDefaults`: tile size, test-time mirror axes, pad value) is derived
+from the training protocol by :func:`inference_defaults`. A folder written before that section existed
+gets the same derivation when it is read.
 """
 
 from __future__ import annotations
@@ -20,16 +25,19 @@ from safetensors.torch import load_file, save_file
 from flareseg.config import (
     FORMAT_VERSION,
     Fingerprint,
+    InferenceDefaults,
     NetworkConfig,
     PreprocessConfig,
     TrainConfig,
     from_dict,
+    task_labels,
     to_dict,
+    trained_mirror_axes,
 )
 from flareseg.errors import ConfigError, ModelFolderError
 from flareseg.io import atomic_output, atomic_write_bytes, read_json
-from flareseg.labels import LESION, NUM_ORGAN_CHANNELS
 from flareseg.model.network import build_network
+from flareseg.transforms.preprocessing import pad_value_of
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -47,6 +55,9 @@ class ModelConfig:
         channel_labels: final label id of each output channel, e.g. (0, 1, ..., 13) or (0, 14).
         data: summary of the training data (cases, split).
         versions: library versions at training time.
+        inference: how the model is run (patch size, mirror axes, pad value); None derives it from
+            `train` and `fingerprint` (:func:`inference_defaults`), as for folders written before the
+            section existed.
     """
 
     task: str
@@ -59,12 +70,15 @@ class ModelConfig:
     data: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    inference: InferenceDefaults | None = None
 
     def __post_init__(self) -> None:
         if len(self.channel_labels) != self.network.out_channels:
             raise ConfigError(
                 f"channel_labels has {len(self.channel_labels)} entries but the network has {self.network.out_channels} outputs"
             )
+        if self.inference is None:  # frozen: the derived default is set once, here
+            object.__setattr__(self, "inference", inference_defaults(self.train, self.fingerprint))
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), indent=2)
@@ -87,14 +101,33 @@ class ModelConfig:
                 data=data.get("data", {}),
                 versions=data.get("versions", {}),
                 format_version=version,
+                inference=from_dict(InferenceDefaults, data["inference"]) if "inference" in data else None,
             )
         except KeyError as exc:
             raise ModelFolderError(f"config.json lacks the field {exc.args[0]!r}") from None
 
 
 def channel_labels_for(task: str) -> tuple[int, ...]:
-    """Final label id per output channel: organ -> (0..13), tumor -> (0, 14)."""
-    return tuple(range(NUM_ORGAN_CHANNELS)) if task == "organ" else (0, LESION)
+    """Final label id per output channel (the task table): organ -> (0..13), tumor -> (0, 14).
+
+    Raises:
+        ConfigError: an unknown task.
+    """
+    return task_labels(task).channel_labels
+
+
+def inference_defaults(train: TrainConfig, fingerprint: Fingerprint) -> InferenceDefaults:
+    """What a model trained under `train` with `fingerprint` is run with.
+
+    The tile is the training patch; the mirror axes are those the augmentation flipped
+    (:func:`~flareseg.config.trained_mirror_axes`: ``flip_x_prob > 0`` -> 0, ``flip_y_prob > 0`` -> 1);
+    tiles are padded with the normalised value of air, as training pads patches.
+    """
+    return InferenceDefaults(
+        patch_size=tuple(int(p) for p in train.patch_size),  # type: ignore[arg-type]
+        mirror_axes=trained_mirror_axes(train.augment),
+        pad_value=float(pad_value_of(fingerprint)),
+    )
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -14,7 +14,10 @@ without importing nnunetv2:
 - preprocessing maps onto flareseg's: the configuration's spacing, ``CTNormalization`` with the
   plans' foreground intensity properties, and the patch size;
 - the network sees arrays in nnU-Net's axis order: a SimpleITK array (z, y, x) of the image
-  reoriented to LPS (identity direction), transposed by the plans' ``transpose_forward``.
+  reoriented to LPS (identity direction), transposed by the plans' ``transpose_forward``;
+- test-time mirroring uses nnU-Net's own ``inference_allowed_mirroring_axes`` from the checkpoint
+  (the axes its trainer mirrored in augmentation), mapped from nnU-Net's axis order to the LPS grid's;
+  a checkpoint without it is not mirrored, as nnU-Net's predictor does.
 
 Differences from nnU-Net's own predictor, all on the preprocessing side: flareseg reorients every
 image to LPS (nnU-Net keeps the stored orientation, so images stored otherwise than LPS-identity
@@ -34,11 +37,12 @@ import numpy as np
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
-from flareseg.config import Fingerprint, NetworkConfig, PreprocessConfig, TrainConfig
+from flareseg.config import Fingerprint, InferenceDefaults, NetworkConfig, PreprocessConfig, TrainConfig
 from flareseg.errors import ModelFolderError
 from flareseg.io import read_json
-from flareseg.labels import LESION, NUM_ORGAN_CHANNELS
+from flareseg.labels import TASK_TABLE
 from flareseg.model.folder import ModelConfig
+from flareseg.transforms.preprocessing import pad_value_of
 
 PLANS_FILE = "plans.json"
 DATASET_FILE = "dataset.json"
@@ -233,6 +237,27 @@ def to_flareseg_axes(values: list[float] | tuple[float, ...], transpose_forward:
     return tuple(zyx[::-1])
 
 
+def mirror_axes_from(checkpoint: dict[str, Any], transpose_forward: tuple[int, int, int], *, source: Path) -> tuple[int, ...]:
+    """The checkpoint's ``inference_allowed_mirroring_axes`` as axes of flareseg's (x, y, z) grid, sorted.
+
+    nnU-Net's spatial axis i is SimpleITK axis ``transpose_forward[i]``, i.e. flareseg axis
+    ``2 - transpose_forward[i]``. Absent or None: no mirroring (nnU-Net's predictor does the same).
+
+    Raises:
+        ModelFolderError: axes that are not distinct values among 0, 1, 2.
+    """
+    axes = checkpoint.get("inference_allowed_mirroring_axes")
+    if axes is None:
+        return ()
+    try:
+        values = [int(a) for a in axes]
+    except (TypeError, ValueError):
+        raise ModelFolderError(f"{source}: inference_allowed_mirroring_axes {axes!r} is not a list of axes") from None
+    if len(set(values)) != len(values) or any(a not in (0, 1, 2) for a in values):
+        raise ModelFolderError(f"{source}: inference_allowed_mirroring_axes {axes!r} must be distinct axes among 0, 1, 2")
+    return tuple(sorted(2 - transpose_forward[a] for a in values))
+
+
 def channel_labels_from(dataset: dict[str, Any], *, source: Path) -> tuple[str, tuple[int, ...]]:
     """The task and flareseg label id per output channel from dataset.json's ``labels``.
 
@@ -248,10 +273,9 @@ def channel_labels_from(dataset: dict[str, Any], *, source: Path) -> tuple[str, 
     if any(not isinstance(v, int) for v in labels.values()):
         raise ModelFolderError(f"{source}: region-based labels (lists of ids) are not supported")
     values = sorted(labels.values())
-    if values == list(range(NUM_ORGAN_CHANNELS)):
-        return "organ", tuple(values)
-    if values == [0, 1]:
-        return "tumor", (0, LESION)
+    for task in TASK_TABLE.values():  # nnU-Net's label k is output channel k
+        if values == list(range(task.num_channels)):
+            return task.name, task.channel_labels
     raise ModelFolderError(
         f"{source}: labels {labels} fit neither step: the organ model needs ids 0-13 (FLARE23), the tumour model background 0 and lesion 1"
     )
@@ -297,6 +321,7 @@ def load_nnunet_model(folder: str | os.PathLike, device: str | torch.device = "c
         raise ModelFolderError(f"{checkpoint_path}: weights do not fit the network in the plans: {str(exc).splitlines()[0]}") from None
 
     strides = [max(s) if isinstance(s, (list, tuple)) else int(s) for s in kwargs["strides"]]
+    patch_size = tuple(int(p) for p in to_flareseg_axes(config["patch_size"], transpose))
     model_config = ModelConfig(
         task=task,
         preset="nnunet",
@@ -308,11 +333,13 @@ def load_nnunet_model(folder: str | os.PathLike, device: str | torch.device = "c
         ),
         preprocess=PreprocessConfig(target_spacing=to_flareseg_axes(config["spacing"], transpose)),
         fingerprint=fingerprint,
-        train=TrainConfig(
-            patch_size=tuple(int(p) for p in to_flareseg_axes(config["patch_size"], transpose)),
-            batch_size=int(config.get("batch_size", 2)),
-        ),
+        train=TrainConfig(patch_size=patch_size, batch_size=int(config.get("batch_size", 2))),
         channel_labels=channel_labels,
+        inference=InferenceDefaults(
+            patch_size=patch_size,  # type: ignore[arg-type]
+            mirror_axes=mirror_axes_from(checkpoint, transpose, source=checkpoint_path),
+            pad_value=float(pad_value_of(fingerprint)),
+        ),
         data={
             "nnunet": {
                 "folder": str(root.resolve()),

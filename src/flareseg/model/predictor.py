@@ -4,6 +4,10 @@
 see :mod:`flareseg.model.folder`). It preprocesses a CT with the model's own spacing and fingerprint, runs
 sliding-window inference over the whole network grid or a box of it, and returns labels (the arg-max
 mapped through the model's ``channel_labels``), never full-resolution probabilities.
+
+How the model is run comes from the folder's ``inference`` section, which training wrote
+(:class:`~flareseg.config.InferenceDefaults`): the tile size, the value tiles are padded with, and the
+axes it may be mirrored along at test time (``mirror=None`` asks for exactly those).
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ import numpy as np
 import torch
 
 from flareseg.config import Fingerprint, PreprocessConfig
+from flareseg.errors import ConfigError
 from flareseg.model.device import resolve_device
 from flareseg.model.folder import ModelConfig, load_model
 from flareseg.model.nnunet import is_nnunet_folder, load_nnunet_model
-from flareseg.transforms.preprocessing import normalize, pad_value_of
+from flareseg.transforms.preprocessing import normalize
 from flareseg.transforms.roi import Box, box_slices, full_box, is_empty
 from flareseg.model.sliding_window import count_tiles, network_predictor, sliding_window_argmax
 
@@ -62,7 +67,13 @@ class ModelPredictor:
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
-        return tuple(int(p) for p in self.config.train.patch_size)  # type: ignore[return-value]
+        """Sliding-window tile (I, J, K) in network-grid voxels (the training patch)."""
+        return self.config.inference.patch_size  # type: ignore[union-attr]
+
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        """Network-grid axes the model was trained flipped along: its own test-time mirrors."""
+        return self.config.inference.mirror_axes  # type: ignore[union-attr]
 
     @property
     def preprocess_config(self) -> PreprocessConfig:
@@ -78,19 +89,24 @@ class ModelPredictor:
 
     @property
     def pad_value(self) -> float:
-        """The normalised intensity of air (the fingerprint's lower clip bound): what tiles are padded with."""
-        return pad_value_of(self.config.fingerprint)
+        """What tiles reaching past the image are padded with: the normalised intensity of air, as in training."""
+        return self.config.inference.pad_value  # type: ignore[union-attr]
+
+    def resolve_mirror(self, mirror: Sequence[int] | None) -> tuple[int, ...]:
+        """`mirror` as a tuple of axes; None means this model's own :attr:`mirror_axes`."""
+        return self.mirror_axes if mirror is None else tuple(int(a) for a in mirror)
 
     def normalize(self, hu: np.ndarray) -> np.ndarray:
         """Normalise a network-grid image in HU with this model's fingerprint."""
         return normalize(hu, self.config.fingerprint)
 
-    def tile_predictor(self, *, mirror: Sequence[int] = (), precision: str = "auto"):
-        return network_predictor(self.network, mirror_axes=mirror, precision=precision, device=self.device)
+    def tile_predictor(self, *, mirror: Sequence[int] | None = (), precision: str = "auto"):
+        """The network as a tile predictor, averaged over the flips of `mirror` (None: :attr:`mirror_axes`)."""
+        return network_predictor(self.network, mirror_axes=self.resolve_mirror(mirror), precision=precision, device=self.device)
 
-    def count_tiles(self, shape: Sequence[int], step: float, mirror: Sequence[int] = ()) -> int:
-        """Network evaluations needed for a region of `shape` (mirroring included)."""
-        return count_tiles(shape, self.patch_size, step) * 2 ** len(tuple(mirror))
+    def count_tiles(self, shape: Sequence[int], step: float, mirror: Sequence[int] | None = ()) -> int:
+        """Network evaluations needed for a region of `shape` (mirroring included; None: :attr:`mirror_axes`)."""
+        return count_tiles(shape, self.patch_size, step) * 2 ** len(self.resolve_mirror(mirror))
 
     def predict_labels(
         self,
@@ -98,7 +114,7 @@ class ModelPredictor:
         *,
         box: Box | None = None,
         step: float = 0.5,
-        mirror: Sequence[int] = (),
+        mirror: Sequence[int] | None = (),
         precision: str = "auto",
         tile_batch_size: int = 1,
         progress: bool = False,
@@ -107,10 +123,12 @@ class ModelPredictor:
         """Predict a normalised (X, Y, Z) network-grid image; labels are the model's final ids.
 
         Args:
-            image: float32 image on this model's network grid (see :meth:`preprocess`).
+            image: float32 normalised image on this model's network grid (see :meth:`normalize`).
             box: predict only inside this box (the network sees only the box); background elsewhere.
                 None is the whole grid.
-            step, mirror, precision, tile_batch_size: see :func:`flareseg.model.sliding_window.iter_blended_slabs`.
+            mirror: network-grid axes to average test-time flips over; () none, None the model's own
+                :attr:`mirror_axes` (the axes it was trained flipped along).
+            step, precision, tile_batch_size: see :func:`flareseg.model.sliding_window.iter_blended_slabs`.
 
         Returns:
             (X, Y, Z) uint8 label map on the image's grid, e.g. 0-13 for an organ model, 0/14 for a tumour model.
@@ -140,11 +158,14 @@ def downsample(image: np.ndarray, factor: float) -> np.ndarray:
 
     ``factor`` 1 returns the image itself. Uses adaptive average pooling (``torch`` 'area'
     interpolation), which anti-aliases for any factor >= 1.
+
+    Raises:
+        ConfigError: a factor below 1 (or NaN).
     """
     if factor == 1:
         return image
-    if factor < 1:
-        raise ValueError(f"downsample factor must be >= 1, got {factor}")
+    if not factor >= 1:
+        raise ConfigError(f"downsample factor must be >= 1, got {factor}")
     size = tuple(max(1, int(round(s / factor))) for s in image.shape)
     t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     return torch.nn.functional.interpolate(t, size=size, mode="area")[0, 0].numpy()

@@ -16,7 +16,9 @@ paper's list maps one to one onto MONAI transforms of the same name and values:
 Each is drawn independently per patch. Axes are those of the canonical LPS grid of
 :mod:`flareseg.transforms.preprocessing`: x runs right to left, y anterior to posterior. A flip along x mirrors
 the left and right organs without swapping their labels, exactly as the paper (and nnU-Net's
-mirroring) does; set ``flip_x_prob`` to 0 to keep laterality strictly anatomical.
+mirroring) does; set ``flip_x_prob`` to 0 to keep laterality strictly anatomical. The flipped axes are
+the model's test-time mirror axes (:func:`flareseg.config.trained_mirror_axes`, written into the
+model folder's ``inference`` section).
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from monai.transforms import (
 )
 
 from flareseg.config import AugmentConfig, TrainConfig
-from flareseg.errors import ConfigError
 
 IMAGE_KEY = "image"
 LABEL_KEY = "label"
@@ -47,23 +48,13 @@ def build_augmentation(cfg: AugmentConfig) -> Compose:
     """The paper's augmentations in its order, each drawn per patch with its probability.
 
     Args:
-        cfg: probabilities and ranges; a probability of 0 disables that transform.
+        cfg: probabilities and ranges (validated by :class:`~flareseg.config.AugmentConfig` itself);
+            a probability of 0 disables that transform.
 
     Returns:
         A MONAI ``Compose`` acting on ``{"image": (1, X, Y, Z), "label": (1, X, Y, Z)}``; the label
         is only flipped, never changed in value.
-
-    Raises:
-        ConfigError: a probability outside [0, 1] or an empty range.
     """
-    for name in ("flip_x_prob", "flip_y_prob", "smooth_prob", "noise_prob", "gamma_prob", "shift_prob"):
-        value = getattr(cfg, name)
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"augment.{name} must lie in [0, 1], got {value}")
-    for name in ("smooth_sigma", "gamma_range"):
-        lo, hi = getattr(cfg, name)
-        if not 0 < lo <= hi:
-            raise ConfigError(f"augment.{name} must be a range 0 < low <= high, got {getattr(cfg, name)}")
     sigma = (float(cfg.smooth_sigma[0]), float(cfg.smooth_sigma[1]))
     return Compose(
         [

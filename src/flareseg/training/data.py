@@ -1,0 +1,235 @@
+"""Training data: the prepared cohort's split, class-balanced patch centres, augmented patches, the epoch's stream.
+
+A task's targets come from the task table (:data:`flareseg.labels.TASK_TABLE`): FLARE ids are mapped
+to the task's channel indices by its lookup table, so lesion voxels are background for the organ
+model and every organ is background for the tumour model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from flareseg.config import Fingerprint, TrainConfig, from_dict, task_labels
+from flareseg.data.cache import CachedCase, CaseCache, SourceCase, source_cases
+from flareseg.data.cohort import MANIFEST_FILE
+from flareseg.errors import InputError
+from flareseg.io import read_json
+from flareseg.training.augment import BG_INDICES_KEY, FG_INDICES_KEY, IMAGE_KEY, LABEL_KEY, build_augmentation, build_patch_sampler, pad_widths
+
+FG_CENTRES_PER_CLASS = 64
+"""Foreground centre candidates drawn per present class for one image (class-balanced sampling)."""
+BG_CENTRES = 256
+"""Background centre candidates drawn for one image (uniform over background voxels)."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The part of a prepared cohort's manifest that training reads."""
+
+    prepared_dir: Path
+    source: str
+    fingerprint: Fingerprint
+    train: list[SourceCase]
+    val: list[SourceCase]
+
+
+def load_training_data(prepared_dir: str | os.PathLike, task: str) -> TrainingData:
+    """Read ``manifest.json`` of a prepared cohort (written by ``flareseg prepare``) for `task`.
+
+    Raises:
+        InputError: no manifest, invalid JSON, no fingerprint, or no training case for `task`.
+        ConfigError: an unknown task.
+    """
+    prepared_dir = Path(prepared_dir)
+    path = prepared_dir / MANIFEST_FILE
+    if not path.is_file():
+        raise InputError(f"{prepared_dir}: no {MANIFEST_FILE}; run `flareseg prepare` first")
+    manifest = read_json(path)
+    task_labels(task)
+    if not manifest.get("fingerprint"):
+        raise InputError(f"{path}: no intensity fingerprint (no labelled training case?)")
+    fingerprint = from_dict(Fingerprint, manifest["fingerprint"])
+    split = manifest.get(task) or {}
+    train_names, val_names = list(split.get("train", [])), list(split.get("val", []))
+    if not train_names:
+        what = "all 13 organs labelled" if task == "organ" else "lesion labels"
+        raise InputError(f"{path}: no training case for the {task} model (no case with {what})")
+    entries = manifest.get("cases", [])
+    train, val = source_cases(entries, train_names), source_cases(entries, val_names)
+    for case in train + val:
+        if case.label is None:
+            raise InputError(f"{path}: case {case.name} is in the {task} split but has no label file")
+    return TrainingData(prepared_dir, str(manifest.get("source", "")), fingerprint, train, val)
+
+
+def default_workers(device: torch.device) -> int:
+    """Data-loading processes: none on CPU, where drawing a batch costs ~1% of a training step
+    (measured, docs/training.md) and a worker would only take a core from the network's threads;
+    up to 4 beside a GPU, whose steps are fast enough for the augmentation to matter."""
+    if device.type != "cuda":
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores // 2))
+
+
+def centre_candidates(case: CachedCase, task: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices into the case's grid of patch-centre candidates: foreground and background.
+
+    Foreground: ``FG_CENTRES_PER_CLASS`` per foreground class of `task` present in the case (so small
+    organs are drawn as often as the liver, as nnU-Net does). Background: ``BG_CENTRES`` uniform over
+    the background voxels (every id that is not the task's foreground).
+
+    Returns:
+        (fg, bg) int64 arrays; either may be empty.
+    """
+    ids, flat = case.locations[:, 0], case.locations[:, 1]
+    fg_ids = [i for i in task_labels(task).foreground_ids if case.counts.get(i, 0) > 0]
+    fg_parts = []
+    for value in fg_ids:
+        pool = flat[ids == value]
+        if len(pool):
+            fg_parts.append(rng.choice(pool, size=FG_CENTRES_PER_CLASS, replace=True))
+    fg = np.concatenate(fg_parts) if fg_parts else np.zeros(0, dtype=np.int64)
+    bg_mask = ~np.isin(ids, fg_ids)
+    bg_pool, bg_values = flat[bg_mask], ids[bg_mask]
+    if len(bg_pool):
+        # Each stored location stands for count/stored voxels of its label: weight by that to be uniform.
+        values, inverse, stored = np.unique(bg_values, return_inverse=True, return_counts=True)
+        weights = (np.array([case.counts.get(int(v), 1) for v in values], dtype=float) / stored)[inverse]
+        bg = rng.choice(bg_pool, size=BG_CENTRES, replace=True, p=weights / weights.sum())
+    else:
+        bg = np.zeros(0, dtype=np.int64)
+    return fg.astype(np.int64), bg.astype(np.int64)
+
+
+def _shift_indices(flat: np.ndarray, shape: Sequence[int], widths: Sequence[tuple[int, int]], new_shape: Sequence[int]) -> np.ndarray:
+    coords = np.unravel_index(flat, tuple(shape))
+    return np.ravel_multi_index(tuple(c + w[0] for c, w in zip(coords, widths)), tuple(new_shape)).astype(np.int64)
+
+
+@contextlib.contextmanager
+def warnings_silenced() -> Iterator[None]:
+    """Silence MONAI's 'no foreground, using background only' warnings for one call."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def sample_patches(
+    case: CachedCase,
+    task: str,
+    cfg: TrainConfig,
+    *,
+    rng: np.random.Generator,
+    sampler: Any,
+    augmentation: Any,
+    pad_value: float,
+    lut: np.ndarray | None = None,
+) -> list[dict[str, torch.Tensor]]:
+    """Draw ``cfg.samples_per_image`` augmented patches from one cached case.
+
+    Args:
+        case: a cached case on the network grid (FLARE ids in its label).
+        task: 'organ' or 'tumor'.
+        cfg: patch size, samples per image, foreground fraction.
+        rng: draws the centre candidates.
+        sampler, augmentation: from :func:`~flareseg.training.augment.build_patch_sampler` and
+            :func:`~flareseg.training.augment.build_augmentation`.
+        pad_value: the normalised value of air, for cases smaller than the patch.
+        lut: the task's FLARE-id -> channel lookup table (default: the task table's).
+
+    Returns:
+        Dictionaries with ``"image"`` (1, *patch) float32 and ``"label"`` (1, *patch) uint8 task
+        class indices. A case smaller than the patch is padded (image with `pad_value`, label with
+        background).
+
+    Raises:
+        InputError: the case has no label.
+    """
+    if case.label is None:
+        raise InputError(f"case {case.name} has no label: it cannot be used for training")
+    lut = task_labels(task).target_lut() if lut is None else lut
+    image, label = case.image, case.label
+    fg, bg = centre_candidates(case, task, rng)
+    widths = pad_widths(image.shape, cfg.patch_size)
+    if any(w != (0, 0) for w in widths):
+        shape = image.shape
+        image = np.pad(np.asarray(image), widths, mode="constant", constant_values=pad_value)
+        label = np.pad(np.asarray(label), widths, mode="constant", constant_values=0)
+        fg, bg = _shift_indices(fg, shape, widths, image.shape), _shift_indices(bg, shape, widths, image.shape)
+    if len(fg) == 0 and len(bg) == 0:
+        bg = rng.integers(0, int(np.prod(image.shape)), size=BG_CENTRES)
+    data = {
+        IMAGE_KEY: torch.from_numpy(image)[None],
+        LABEL_KEY: torch.from_numpy(label)[None],
+        FG_INDICES_KEY: fg,
+        BG_INDICES_KEY: bg,
+    }
+    with warnings_silenced():
+        patches = sampler(data)
+    out = []
+    for patch in patches:
+        img = torch.as_tensor(patch[IMAGE_KEY]).as_subclass(torch.Tensor).float().contiguous()
+        lab = torch.from_numpy(lut[np.asarray(patch[LABEL_KEY])])
+        item = augmentation({IMAGE_KEY: img, LABEL_KEY: lab})
+        out.append(
+            {
+                IMAGE_KEY: torch.as_tensor(item[IMAGE_KEY]).as_subclass(torch.Tensor).float().contiguous(),
+                LABEL_KEY: torch.as_tensor(item[LABEL_KEY]).as_subclass(torch.Tensor).to(torch.uint8).contiguous(),
+            }
+        )
+    return out
+
+
+class PatchStream(IterableDataset):
+    """An endless stream of training patches for one epoch: random case, then its patches.
+
+    The random state depends only on ``(seed, epoch, rank, worker id)``: the same epoch draws the same
+    patches whether or not the run was interrupted before it.
+
+    Raises:
+        InputError: no training case.
+    """
+
+    def __init__(
+        self,
+        cache: CaseCache,
+        names: Sequence[str],
+        task: str,
+        cfg: TrainConfig,
+        *,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        pad_value: float,
+    ) -> None:
+        if not names:
+            raise InputError("no training case to draw patches from")
+        self.cache, self.names, self.task, self.cfg = cache, list(names), task, cfg
+        self.seed, self.epoch, self.rank, self.pad_value = seed, epoch, rank, pad_value
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        sampler = build_patch_sampler(self.cfg)
+        sampler.set_random_state(seed=int(rng.integers(2**31 - 1)))
+        augmentation = build_augmentation(self.cfg.augment)
+        augmentation.set_random_state(seed=int(rng.integers(2**31 - 1)))
+        lut = task_labels(self.task).target_lut()
+        while True:
+            name = self.names[int(rng.integers(len(self.names)))]
+            case = self.cache.load(name, mmap_mode="c")
+            yield from sample_patches(
+                case, self.task, self.cfg, rng=rng, sampler=sampler, augmentation=augmentation, pad_value=self.pad_value, lut=lut
+            )
