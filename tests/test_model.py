@@ -178,7 +178,7 @@ def test_the_predictor_reads_patch_pad_and_mirrors_from_the_section(tmp_path):
     ("section", "message"),
     [({"patch_size": [32, 32], "mirror_axes": [], "pad_value": 0}, "inference.patch_size"),
      ({"patch_size": [32, 32, 32], "mirror_axes": [0, 3], "pad_value": 0}, "inference.mirror_axes"),
-     ({"patch_size": [32, 32, 32], "mirror_axes": [], "pad_value": float("nan")}, "inference.pad_value")],
+     ({"patch_size": [32, 32, 32], "mirror_axes": [], "pad_value": float("nan")}, "inference.pad_value|NaN is not a number")],
 )
 def test_invalid_inference_section_is_a_model_folder_error(tmp_path, section, message):
     write_model_config(tmp_path, _model_config())

@@ -226,15 +226,6 @@ def test_invalid_protocol_values_are_refused_when_built(build, field):
         build()
 
 
-def test_a_nan_or_negative_learning_rate_from_the_cli_is_a_config_error(prepared, tmp_path, capsys):
-    for value in ("nan", "-0.001"):
-        args = ["--quiet", "train", "--task", "organ", "--prepared", str(prepared), "--out", str(tmp_path / value), "--preset", "tiny", "--lr", value]
-        assert main(args) == 2
-        err = capsys.readouterr().err
-        assert "train.learning_rate" in err and value.lstrip("-") in err, err
-        assert not (tmp_path / value).exists()
-
-
 # --------------------------------------------------------------------------- patches and cache
 
 

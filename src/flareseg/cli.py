@@ -20,6 +20,8 @@ from flareseg.errors import FlaresegError
 log = logging.getLogger("flareseg")
 
 EXIT_INPUT_ERROR = 2
+DEFAULT_PRESETS = {"organ": "cpu", "tumor": "cpu-lesion"}
+"""The preset `flareseg train` uses for each task when none is named."""
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
@@ -61,7 +63,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         args.prepared,
         args.out,
         task=args.task,
-        preset=args.preset,
+        preset=args.preset or DEFAULT_PRESETS[args.task],
         epochs=args.epochs,
         resume=args.resume,
         init_from=args.init_from,
@@ -227,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", required=True, choices=("organ", "tumor"))
     p.add_argument("--prepared", required=True, type=Path, help="folder written by `flareseg prepare`")
     p.add_argument("--out", required=True, type=Path, help="model folder to write")
-    p.add_argument("--preset", choices=("paper", "cpu", "tiny"), default="cpu", help="paper: the paper's protocol (GPU); cpu: light network at 2-2.5 mm; tiny: tests")
+    p.add_argument(
+        "--preset", choices=("paper", "cpu", "cpu-lesion", "tiny"),
+        help="paper: the paper's protocol (GPU); cpu: whole-volume organ model at 6 mm; cpu-lesion: lesion patches at 3 mm; "
+        "tiny: tests (default: cpu for --task organ, cpu-lesion for --task tumor)",
+    )
     p.add_argument("--epochs", type=POSITIVE_INT, help="total epochs (default: the preset's)")
     p.add_argument("--iterations", type=POSITIVE_INT, help="iterations per epoch (default: the preset's)")
     p.add_argument("--lr", type=LEARNING_RATE, help="initial learning rate (default: the preset's)")
