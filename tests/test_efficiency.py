@@ -5,6 +5,7 @@ sampler's cost."""
 from __future__ import annotations
 
 import json
+import locale
 import os
 import subprocess
 import sys
@@ -358,15 +359,19 @@ def test_image_size_comes_from_the_header_without_decoding_voxels(tmp_path, monk
     dicom.mkdir()
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    for k in range(5):
-        slice_k = image[:, :, k]
-        slice_k.SetMetaData("0020|0032", "\\".join(str(c) for c in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        slice_k.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        slice_k.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
-        slice_k.SetMetaData("0020|0013", str(k + 1))
-        slice_k.SetMetaData("0018|0050", "9.0")  # slice thickness, not the spacing: must not be used
-        writer.SetFileName(str(dicom / f"slice_{k}.dcm"))
-        writer.Execute(slice_k)
+    saved_locale = locale.setlocale(locale.LC_ALL)
+    try:
+        for k in range(5):
+            slice_k = image[:, :, k]
+            slice_k.SetMetaData("0020|0032", "\\".join(str(c) for c in image.TransformIndexToPhysicalPoint((0, 0, k))))
+            slice_k.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+            slice_k.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1")
+            slice_k.SetMetaData("0020|0013", str(k + 1))
+            slice_k.SetMetaData("0018|0050", "9.0")  # slice thickness, not the spacing: must not be used
+            writer.SetFileName(str(dicom / f"slice_{k}.dcm"))
+            writer.Execute(slice_k)
+    finally:  # GDCM's writer switches the whole process to the C locale (ASCII file reads in later tests)
+        locale.setlocale(locale.LC_ALL, saved_locale)
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("voxels decoded")

@@ -20,6 +20,7 @@ from flareseg.measure.sampler import (
     SamplerOverhead,
     curve_area,
     measure_sampler_overhead,
+    own_peak_rss_mib,
 )
 from flareseg.measure.tables import FORMAT_VERSION, STAGE_COLUMNS, efficiency_table, medians, write_efficiency
 
@@ -27,5 +28,5 @@ __all__ = [
     "FORMAT_VERSION", "ISOLATIONS", "SAMPLE_INTERVAL_S", "STAGE_COLUMNS", "CaseMeasurement", "CpuInfo", "MemoryCurve",
     "MemorySampler", "SamplerOverhead", "benchmark_cases", "cpu_info", "curve_area", "efficiency_table", "environment",
     "measure_case", "measure_in_subprocess", "measure_sampler_overhead", "medians", "memory_curve_figure",
-    "parse_cpuinfo", "write_efficiency",
+    "own_peak_rss_mib", "parse_cpuinfo", "write_efficiency",
 ]

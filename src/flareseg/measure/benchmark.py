@@ -166,7 +166,7 @@ def measure_in_subprocess(
     """
     payload = _payload(predict_one, (Path(image), Path(output)))
     reader, writer = os.pipe()
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p) or ".")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     start = time.perf_counter()
     try:
         # Popen returns once the child has executed the new interpreter (it waits for the exec).

@@ -24,21 +24,7 @@ import traceback
 from collections.abc import Mapping
 from typing import Any
 
-from flareseg.measure.sampler import MIB, torch_cuda
-
-STATUS = "/proc/self/status"
-
-
-def _rss_hwm_mib() -> float | None:
-    """VmHWM of this process in MiB (Linux), None elsewhere."""
-    try:
-        with open(STATUS) as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024 / MIB  # the kernel writes kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+from flareseg.measure.sampler import MIB, own_peak_rss_mib, torch_cuda
 
 
 def _stage_timings(value: Any) -> dict[str, float]:
@@ -74,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     fd = int(argv[0])
     result = run(sys.stdin.buffer.read())
-    result["rss_hwm_mib"] = _rss_hwm_mib()
+    result["rss_hwm_mib"] = own_peak_rss_mib()
     with os.fdopen(fd, "w") as out:
         out.write(json.dumps(result) + "\n")
     return 0 if result["error"] is None else 1

@@ -234,6 +234,24 @@ def torch_cuda() -> Any | None:
         return None
 
 
+def own_peak_rss_mib() -> float | None:
+    """This process's peak resident memory as the kernel counts it (VmHWM of /proc/self/status), MiB;
+    None where there is no /proc (not Linux).
+
+    Unlike ``resource.getrusage(RUSAGE_SELF).ru_maxrss``, VmHWM belongs to the process's current
+    address space: Linux carries the parent's high-water mark into a child's ru_maxrss across
+    fork + exec, so a child started by a 1 GiB process reports at least 1 GiB there.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024 / MIB  # the kernel writes kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # The sampler
 
