@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """Benchmark of the two-step inference: per-stage timings per mode, peak RSS, fast-vs-accurate Dice.
 
-Not a test. Each prediction runs in a fresh child process (so its peak resident memory, ru_maxrss,
-is its own and includes model loading, as the FLARE efficiency rules count it); figures are medians
-over ``--repeats`` runs.
+Not a test. Each prediction runs in a fresh child process, so its peak resident memory is its own and
+includes model loading, as the FLARE efficiency rules count it: the kernel's high-water mark of that
+process's own address space (VmHWM, :func:`flareseg.measure.own_peak_rss_mib`), not ``ru_maxrss``,
+which Linux carries over from this parent across fork + exec. Figures are medians over ``--repeats``
+runs. For the FLARE table itself (memory-time curves and areas per case) use ``flareseg benchmark``.
 
 Without ``--organ-model/--tumor-model`` the models are RANDOMLY INITIALISED networks of ``--preset``
 (timing only: their output is noise, their 'organs' fill the volume, so the ``fast`` mode's region of
@@ -22,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shlex
 import statistics
 import subprocess
@@ -109,8 +110,9 @@ def worker(args: argparse.Namespace) -> None:
 
     config = InferenceConfig.for_mode(args.mode, **json.loads(args.overrides))
     report = predict_case(args.input, args.output, organ_model=args.organ_model, tumor_model=args.tumor_model, config=config, device=args.device)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps({"report": report.to_dict(), "peak_rss_mb": peak_mb}))
+    from flareseg.measure import own_peak_rss_mib
+
+    print("RESULT " + json.dumps({"report": report.to_dict(), "peak_rss_mb": own_peak_rss_mib()}))
 
 
 def run_worker(args: argparse.Namespace, mode: str, image: Path, output: Path, overrides: dict) -> dict:
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             out = work / f"out_{mode}.nii.gz"
             results.append(run_worker(args, mode, image_path, out, overrides))
             rep = results[-1]["report"]
-            print(f"  {mode} run {r + 1}/{repeats}: {rep['timings']['total']:.1f} s, peak RSS {results[-1]['peak_rss_mb']:.0f} MB, tiles {rep['tiles']}")
+            print(f"  {mode} run {r + 1}/{repeats}: {rep['timings']['total']:.1f} s, peak RSS {results[-1]['peak_rss_mb']:.0f} MiB, tiles {rep['tiles']}")
         outputs[mode] = work / f"out_{mode}.nii.gz"
         med = median_table(results)
         figures["modes"][mode] = {"median": med, "runs": [r["report"]["timings"] for r in results], "tiles": results[-1]["report"]["tiles"],
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"\nper-stage medians (s) on {shape} at {spacing} mm" + (" - RANDOM WEIGHTS" if random_weights else ""))
     cols = [s for s in STAGES if any(s in figures["modes"][m]["median"] for m in figures["modes"])]
-    print(f"{'mode':<9}" + "".join(f"{c:>11}" for c in cols) + f"{'peak MB':>10}")
+    print(f"{'mode':<9}" + "".join(f"{c:>11}" for c in cols) + f"{'peak MiB':>10}")
     for mode, fig in figures["modes"].items():
         med = fig["median"]
         print(f"{mode:<9}" + "".join(f"{med[c]:>11.2f}" if c in med else f"{'-':>11}" for c in cols) + f"{med['peak_rss_mb']:>10.0f}")
@@ -247,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
         del big
         res = run_worker(args, "fast", mem_path, work / "out_mem.nii.gz", overrides)
         figures["memory"] = {"shape": mshape, "spacing": mspacing, "peak_rss_mb": res["peak_rss_mb"], "timings": res["report"]["timings"]}
-        print(f"\npeak RSS, fast mode, {mshape} at {mspacing} mm: {res['peak_rss_mb']:.0f} MB (total {res['report']['timings']['total']:.1f} s)")
+        print(f"\npeak RSS, fast mode, {mshape} at {mspacing} mm: {res['peak_rss_mb']:.0f} MiB (total {res['report']['timings']['total']:.1f} s)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

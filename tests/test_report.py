@@ -1,4 +1,4 @@
-"""Overlay figures (colours, size, orientation), case selection and the Markdown/HTML report."""
+"""Overlay figures (colours, size, orientation, title), case selection, the headline table and the Markdown/HTML report."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import SimpleITK as sitk
 from flareseg.errors import GeometryError, InputError
 from flareseg.io import Volume, read_image, read_label
 from flareseg.labels import colormap
+import flareseg.report as report_module
 from flareseg.report import (
     OVERLAY_ALPHA,
     OVERLAY_DPI,
     OVERLAY_FIGSIZE_IN,
     best_and_worst,
     blend,
+    headline_table,
     markdown_to_html,
     overlay_figure,
     write_report,
@@ -123,6 +125,22 @@ def test_overlay_is_the_same_in_every_orientation(tmp_path, code):
     assert np.array_equal(_read_rgb(lps), _read_rgb(other))
 
 
+def test_overlay_title_says_which_dsc_it_shows(tmp_path, monkeypatch):
+    titles = []
+    real_save = report_module.save_figure
+
+    def capture(fig, path, **kwargs):
+        titles.append(fig.get_suptitle())
+        return real_save(fig, path, **kwargs)
+
+    monkeypatch.setattr(report_module, "save_figure", capture)
+    image, label = _lps_phantom()
+    overlay_figure(image, label, label, tmp_path / "a.png", title="case 7", dsc=0.91234)
+    overlay_figure(image, label, label, tmp_path / "b.png", title="case 7", dsc=0.5, score_name="lesion DSC")
+    overlay_figure(image, label, label, tmp_path / "c.png", title="case 7", dsc=float("nan"))
+    assert titles == ["case 7: mean organ DSC of the case 0.912", "case 7: lesion DSC 0.500", "case 7"]
+
+
 @pytest.mark.real
 def test_real_pli_volume_displays_like_its_lps_copy(real_data, tmp_path):
     folder = real_data / "deeplesion_ct"
@@ -198,3 +216,46 @@ def test_markdown_to_html_escapes_and_keeps_code():
     assert "<pre><code>x &lt; 1\n</code></pre>" in page
     assert re.search(r"<ol>\s*<li>one</li>\s*<li>two</li>\s*</ol>", page)
     assert "<title>t &lt;1&gt;</title>" in page
+
+
+# ---------------------------------------------------------------------------------------------- headline
+
+
+def test_headline_table_rows_training_and_cpu():
+    text = headline_table(
+        [
+            {"mode": "paper", "organ_dsc": 0.41234, "lesion_dsc": 0.2, "lesion_cases": 4, "median_seconds": 3.14159},
+            {"mode": "fast", "organ_dsc": 0.8, "lesion_dsc": 0.35, "lesion_cases": 1, "lesion_sensitivity": 0.5, "median_seconds": 2.5},
+        ],
+        training={"organ": {"steps_done": 1234, "steps_planned": 6000, "budget_minutes": 10.5},
+                  "tumor": {"steps_done": 300, "steps_planned": None, "budget_minutes": 4}},
+        cpu="AMD EPYC, 2 logical CPUs; AVX2 yes, AVX-512 no, AMX no",
+    )
+    lines = text.splitlines()
+    assert lines[0] == "| Mode | Mean organ DSC | Lesion DSC, cases with lesions | Lesion sensitivity | Median time per case (s) |"
+    assert lines[2] == "| paper | 0.412 | 0.200 (4 cases) | - | 3.14 |"
+    assert lines[3] == "| fast | 0.800 | 0.350 (1 case) | 0.500 | 2.50 |"
+    assert "| organ | 1,234 / 6,000 | 10.5 |" in lines
+    assert "| tumor | 300 / - | 4 |" in lines
+    assert lines[-1] == "CPU: AMD EPYC, 2 logical CPUs; AVX2 yes, AVX-512 no, AMX no"
+    html = markdown_to_html(text)
+    assert html.count("<table>") == 2  # both render as tables
+
+
+def test_headline_table_leaves_out_what_is_not_given():
+    text = headline_table([{"mode": "fast", "organ_dsc": float("nan"), "lesion_dsc": 1.0, "lesion_cases": 0}])
+    assert "Lesion sensitivity" not in text and "Model" not in text and "CPU" not in text
+    assert text.splitlines()[2] == "| fast | - | - (no case with lesions) | - |"
+
+
+def test_headline_table_names_bad_input():
+    with pytest.raises(InputError, match="no modes"):
+        headline_table([])
+    with pytest.raises(InputError, match="mode 'fast' has unknown key.s. organ_nsd"):
+        headline_table([{"mode": "fast", "organ_nsd": 0.5}])
+    with pytest.raises(InputError, match="has no 'mode' name"):
+        headline_table([{"organ_dsc": 0.5}])
+    with pytest.raises(InputError, match="median_seconds must be a number or None, got '3 s'"):
+        headline_table([{"mode": "fast", "median_seconds": "3 s"}])
+    with pytest.raises(InputError, match="training 'organ' has unknown key.s. epochs"):
+        headline_table([{"mode": "fast"}], training={"organ": {"epochs": 3}})

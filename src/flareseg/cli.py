@@ -115,7 +115,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from flareseg.measure.efficiency import benchmark_cases, efficiency_table
+    from flareseg.measure import benchmark_cases, efficiency_table
     from flareseg.inference import predict_case
     from flareseg.io import find_cases
 

@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from flareseg.data.cohort import prepare_cohort
-from flareseg.measure.efficiency import benchmark_cases, efficiency_table, medians
+from flareseg.measure import benchmark_cases, efficiency_table, medians
 from flareseg.evaluation.evaluate import evaluate_folder, summary_markdown
 from flareseg.io import atomic_write_text, read_image, read_json, read_label
 from flareseg.labels import LESION

@@ -1,4 +1,5 @@
-"""Result figures and a run report: label overlays on CT, and a Markdown/HTML report of tables and figures.
+"""Result figures and a run report: label overlays on CT, the run's headline table, and a Markdown/HTML
+report of tables and figures.
 
 Overlays are drawn from the canonical LPS orientation (:func:`flareseg.transforms.preprocessing.to_canonical`), so
 every input orientation displays the same way: axial slices in radiological convention (seen from the
@@ -105,6 +106,7 @@ def overlay_figure(
     *,
     title: str,
     dsc: float | None = None,
+    score_name: str = "mean organ DSC of the case",
     window: tuple[float, float] = CT_WINDOW,
     alpha: float = OVERLAY_ALPHA,
 ) -> Path:
@@ -122,7 +124,10 @@ def overlay_figure(
         prediction: label map on the image's grid.
         path: output PNG (written atomically; folders created).
         title: figure title, e.g. the case name.
-        dsc: a score to show in the title and above the prediction (e.g. the mean organ DSC).
+        dsc: a score to show in the title after `score_name` ("case 7: mean organ DSC of the case 0.912");
+            None or NaN shows none.
+        score_name: what `dsc` is, as the title says it (default: the mean over the organs of this
+            case's DSC; pass e.g. "lesion DSC" for another score).
         window: CT display window (width, level) in HU.
         alpha: label opacity.
 
@@ -162,7 +167,7 @@ def overlay_figure(
         ("axial", f"slice {k + 1}/{nk}", axial, (ni * si, nj * sj), ("R", "L", "A", "P")),
         ("coronal", f"slice {j + 1}/{nj}", coronal, (ni * si, nk * sk), ("R", "L", "S", "I")),
     ]
-    score = "" if dsc is None or not math.isfinite(dsc) else f"DSC {dsc:.3f}"
+    score = "" if dsc is None or not math.isfinite(dsc) else f"{score_name} {dsc:.3f}"
     columns = [("Reference", ref_c), ("Prediction", pred_c)]
     if ref_c is None:
         columns[0] = ("CT", None)
@@ -226,6 +231,101 @@ def best_and_worst(per_case_scores: Mapping[str, float | None], k: int = 2) -> t
 
 
 # --------------------------------------------------------------------------------------------------
+# The headline
+
+MODE_KEYS = ("mode", "organ_dsc", "lesion_dsc", "lesion_cases", "lesion_sensitivity", "median_seconds")
+"""Keys of one mode's entry in :func:`headline_table`; 'mode' is required, the others may be absent."""
+TRAINING_KEYS = ("steps_done", "steps_planned", "budget_minutes")
+"""Keys of one model's entry in :func:`headline_table`'s `training`."""
+
+
+def headline_table(
+    modes: Sequence[Mapping[str, object]],
+    *,
+    training: Mapping[str, Mapping[str, object]] | None = None,
+    cpu: str | None = None,
+) -> str:
+    """The run's headline as Markdown: one row per inference mode, the training done, and the CPU.
+
+    Args:
+        modes: one mapping per mode, in display order, with the keys of :data:`MODE_KEYS`:
+            ``mode`` (name, required); ``organ_dsc`` (mean organ DSC over the cases); ``lesion_dsc``
+            (lesion DSC over the cases whose reference holds lesion voxels, DESIGN 7b) with
+            ``lesion_cases`` (how many such cases); ``lesion_sensitivity`` (detected / all reference
+            lesions; its column appears only when some mode gives it); ``median_seconds`` (median wall
+            time per case, s). An absent, None or NaN value shows as '-'.
+        training: model name (e.g. 'organ', 'tumor') -> mapping with the keys of :data:`TRAINING_KEYS`:
+            ``steps_done`` and ``steps_planned`` (optimiser steps), ``budget_minutes`` (the wall-time
+            budget). None or empty: no training table.
+        cpu: a line describing the CPU (e.g. ``flareseg.measure.cpu_info().summary()``); None: none.
+
+    Returns:
+        Markdown: the mode table, then the training table and the CPU line when given.
+
+    Raises:
+        InputError: `modes` is empty, an entry lacks 'mode' or has a key not listed above (the
+            message names it), or a number is not a number.
+    """
+    if not modes:
+        raise InputError("headline_table: no modes given")
+    for entry in modes:
+        _check_keys(entry, MODE_KEYS, f"mode {entry.get('mode')!r}")
+        if "mode" not in entry:
+            raise InputError(f"headline_table: a mode entry has no 'mode' name: {dict(entry)}")
+    with_sensitivity = any(_number(m.get("lesion_sensitivity"), "lesion_sensitivity") is not None for m in modes)
+    head = ["Mode", "Mean organ DSC", "Lesion DSC, cases with lesions"]
+    head += ["Lesion sensitivity"] if with_sensitivity else []
+    head += ["Median time per case (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for m in modes:
+        cells = [str(m["mode"]), _cell(m.get("organ_dsc"), "organ_dsc", "{:.3f}"), _lesion_cell(m)]
+        if with_sensitivity:
+            cells.append(_cell(m.get("lesion_sensitivity"), "lesion_sensitivity", "{:.3f}"))
+        cells.append(_cell(m.get("median_seconds"), "median_seconds", "{:.2f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    if training:
+        lines += ["", "| Model | Training steps done / planned | Time budget (min) |", "|---|---:|---:|"]
+        for name, run in training.items():
+            _check_keys(run, TRAINING_KEYS, f"training {name!r}")
+            steps = f"{_cell(run.get('steps_done'), 'steps_done', '{:,.0f}')} / {_cell(run.get('steps_planned'), 'steps_planned', '{:,.0f}')}"
+            lines.append(f"| {name} | {steps} | {_cell(run.get('budget_minutes'), 'budget_minutes', '{:g}')} |")
+    if cpu:
+        lines += ["", f"CPU: {cpu}"]
+    return "\n".join(lines) + "\n"
+
+
+def _check_keys(entry: Mapping[str, object], known: Sequence[str], what: str) -> None:
+    unknown = sorted(set(entry) - set(known))
+    if unknown:
+        raise InputError(f"headline_table: {what} has unknown key(s) {', '.join(unknown)}; known: {', '.join(known)}")
+
+
+def _number(value: object, name: str) -> float | None:
+    """`value` as a finite float, None for None or NaN; InputError naming `name` for a non-number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"headline_table: {name} must be a number or None, got {value!r}")
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _cell(value: object, name: str, fmt: str) -> str:
+    number = _number(value, name)
+    return "-" if number is None else fmt.format(number)
+
+
+def _lesion_cell(m: Mapping[str, object]) -> str:
+    cases = _number(m.get("lesion_cases"), "lesion_cases")
+    if cases == 0:
+        return "- (no case with lesions)"
+    text = _cell(m.get("lesion_dsc"), "lesion_dsc", "{:.3f}")
+    if cases is not None:
+        text += f" ({cases:.0f} case{'s' if cases != 1 else ''})"
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
 # The report
 
 
@@ -239,7 +339,7 @@ def write_report(
     """Write ``report.md`` (and a self-contained ``report.html``) gathering tables and figures.
 
     Each section is ``(heading, markdown_text, image_paths)``: the text is written as given (tables,
-    lists, code; e.g. an evaluation summary or :func:`flareseg.measure.efficiency.efficiency_table`), then
+    lists, code; e.g. :func:`headline_table`, an evaluation summary or :func:`flareseg.measure.efficiency_table`), then
     each image as a Markdown image link relative to `out_dir`. Images outside `out_dir` are copied to
     ``out_dir/figures/`` first, so the folder can be moved or archived as a whole. The HTML embeds
     every image (also those the section texts link, when they lie in `out_dir`) as data, so it is

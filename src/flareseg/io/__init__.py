@@ -14,13 +14,13 @@ from flareseg.io.layout import (
     label_file_name,
     strip_image_suffix,
 )
-from flareseg.io.read import read_image, read_json, read_label
+from flareseg.io.read import read_image, read_image_header, read_json, read_label
 from flareseg.io.volume import GEOMETRY_ATOL, Grid, Volume, orientation_code
 from flareseg.io.write import write_label, write_volume
 
 __all__ = [
     "GEOMETRY_ATOL", "IMAGE_SUFFIXES", "OUTPUT_SUFFIXES", "CaseInput", "Grid", "Volume", "atomic_output",
     "atomic_write_bytes", "atomic_write_text", "case_name", "find_cases", "find_training_cases", "image_files",
-    "is_image_path", "is_single_series", "label_file_name", "orientation_code", "read_image", "read_json",
+    "is_image_path", "is_single_series", "label_file_name", "orientation_code", "read_image", "read_image_header", "read_json",
     "read_label", "remove_stale_temporaries", "save_figure", "strip_image_suffix", "write_label", "write_volume",
 ]

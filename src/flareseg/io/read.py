@@ -109,7 +109,8 @@ def _nifti_raw_pixdim(path: Path) -> np.ndarray:
     raise InputError(f"{path}: not a NIfTI file (bad header size)")
 
 
-def _read_dicom_series(folder: Path) -> sitk.Image:
+def _dicom_series_files(folder: Path) -> list[str]:
+    """The files of the series :func:`read_image` reads from `folder` (the largest), in slice order."""
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
@@ -124,7 +125,11 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
             series_ids, key=lambda s: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)), reverse=True
         )
         log.warning("%s: %d DICOM series found; reading the largest (%s)", folder, len(series_ids), series_ids[0])
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0])
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    files = _dicom_series_files(folder)
     _check_dicom_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -251,6 +256,61 @@ def read_image(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
                 f"{CT_MAX_LOWEST_HU:g} HU (an unrescaled or 8-bit export?)"
             )
     return replace(volume, array=array)
+
+
+def read_image_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Shape and spacing of an image from its header(s) alone: no voxel is decoded.
+
+    A file (NIfTI, NRRD, MHA): SimpleITK's ``ImageFileReader.ReadImageInformation``; a trailing time
+    axis of length 1 is dropped, as :func:`read_image` drops it. A DICOM folder: the file list of the
+    series :func:`read_image` would read (the largest, in slice order) gives the slice count; the first
+    slice's header gives the in-plane size and pixel spacing, and the first and last slices' positions
+    the slice spacing (their distance along the slice normal over the gaps between them; a one-slice
+    series, or slices without a 3-D position, keep the slice's own spacing).
+
+    Returns:
+        ((I, J, K) voxels, (I, J, K) spacing in mm), in the axis order of :class:`Volume` arrays.
+
+    Raises:
+        InputError: the path is missing, of an unsupported type, its header unreadable, or not 3-D;
+            the message names the path.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = _dicom_series_files(path)
+        first = _header(Path(files[0]))
+        three_d = first.GetDimension() == 3  # GDCM reports a slice as 3-D with one plane; 2-D is possible
+        size = list(first.GetSize()[:2]) + [len(files)]
+        spacing = list(first.GetSpacing()[:2]) + [first.GetSpacing()[2] if three_d else 1.0]
+        if len(files) > 1 and three_d:
+            last = _header(Path(files[-1]))
+            normal = np.array(first.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+            gap = abs(float(np.dot(np.subtract(last.GetOrigin(), first.GetOrigin()), normal))) / (len(files) - 1)
+            if gap > 0:
+                spacing[2] = gap
+        return (int(size[0]), int(size[1]), int(size[2])), (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    if not path.name.lower().endswith(IMAGE_SUFFIXES):
+        raise InputError(f"{path}: unsupported file type (expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM folder)")
+    reader = _header(path)
+    size, spacing = reader.GetSize(), reader.GetSpacing()
+    if reader.GetDimension() == 4 and size[3] == 1:
+        size, spacing = size[:3], spacing[:3]
+    if len(size) != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got a {len(size)}-D image of size {tuple(size)}")
+    return (int(size[0]), int(size[1]), int(size[2])), (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+
+
+def _header(path: Path) -> sitk.ImageFileReader:
+    """An ImageFileReader of `path` after ReadImageInformation (the header only)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read the image header: {_first_line(exc)}") from None
+    return reader
 
 
 def read_label(path: str | os.PathLike, reference: Volume | None = None, *, reference_path: str | os.PathLike | None = None) -> Volume:
