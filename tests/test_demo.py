@@ -11,11 +11,12 @@ from flareseg.model.folder import read_model_config
 
 
 def test_tiny_demo_end_to_end(tmp_path):
-    config = DemoConfig(cases=8, val_cases=2, organ_minutes=0.1, tumor_minutes=0.05, preset="tiny", seed=1)
+    config = DemoConfig(cases=8, val_cases=2, organ_preset="tiny", tumor_preset="tiny", organ_epochs=2, tumor_epochs=1, seed=1)
     result = run_demo(tmp_path / "demo", config=config, progress=False)
     assert read_model_config(tmp_path / "demo" / "models" / "organ").train.seed == 1
     report = result.report.read_text()
-    for heading in ("Table 4 (paper mode)", "Table 4 (fast mode)", "Table 5 (fast mode)", "Figures (fast mode)", "Training curves"):
+    assert result.training["organ"].steps == 2 * 5 and result.training["organ"].complete
+    for heading in ("Headline", "Table 4 (paper mode)", "Table 4 (fast mode)", "Table 5 (fast mode)", "Figures (fast mode)", "Training curves"):
         assert heading in report
     assert (result.report.parent / "report.html").is_file()
     for mode in ("paper", "fast"):

@@ -134,10 +134,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     config = DemoConfig.quick() if args.quick else DemoConfig()
     result = run_demo(args.out, config=config, device=args.device, progress=not args.quiet)
     print(f"\nreport: {result.report}")
+    print(f"machine: {result.cpu}")
+    for run in result.training.values():
+        print(run.summary())
+
+    def show(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
     for mode in result.organ_dsc:
-        organ, lesion = result.organ_dsc[mode], result.lesion_dsc[mode]
         print(
-            f"{mode:>5} mode: mean organ DSC {organ:.3f}, lesion DSC {lesion:.3f}, "
+            f"{mode:>5} mode: mean organ DSC {show(result.organ_dsc[mode])}, lesion DSC {show(result.lesion_dsc_present[mode])} "
+            f"on the cases with lesions (official {show(result.lesion_dsc[mode])}), lesion sensitivity {show(result.lesion_sensitivity[mode])}, "
             f"median {result.median_seconds[mode]:.1f} s per case (model loading included)"
         )
     print(f"total {result.total_minutes:.1f} min")

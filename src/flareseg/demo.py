@@ -22,7 +22,7 @@ from flareseg.io import atomic_write_text, read_image, read_json, read_label
 from flareseg.labels import LESION
 from flareseg.inference import InferenceConfig, predict_case
 from flareseg.io import find_cases
-from flareseg.report import best_and_worst, overlay_figure, write_report
+from flareseg.report import best_and_worst, headline_table, overlay_figure, write_report
 from flareseg.data.synthetic import MANIFEST_NAME, SynthConfig, generate_cohort
 from flareseg.measure import cpu_info
 from flareseg.model.folder import read_model_config
@@ -75,6 +75,7 @@ class TrainingRun:
     steps: int
     planned_steps: int
     minutes: float
+    cap_minutes: float
     best_val_dice: float | None
 
     @property
@@ -106,14 +107,14 @@ def _stage(message: str) -> None:
     print(f"\n== {message}", flush=True)
 
 
-def _training_run(folder: Path, task: str, preset: str) -> TrainingRun:
+def _training_run(folder: Path, task: str, preset: str, cap_minutes: float) -> TrainingRun:
     cfg = read_model_config(folder)
     rows = read_log(folder / LOG_FILE)
     scores = [r["val_mean_dice"] for r in rows if "val_mean_dice" in r]
     return TrainingRun(
         task=task, preset=preset, steps=sum(int(r.get("iterations", 0)) for r in rows),
         planned_steps=cfg.train.epochs * cfg.train.iterations_per_epoch,
-        minutes=sum(float(r.get("seconds", 0.0)) for r in rows) / 60, best_val_dice=max(scores) if scores else None,
+        minutes=sum(float(r.get("seconds", 0.0)) for r in rows) / 60, cap_minutes=cap_minutes, best_val_dice=max(scores) if scores else None,
     )
 
 
@@ -143,7 +144,7 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig = DemoConfig(), device: 
         if not resume:  # a resumed run keeps its seed (changing it is refused)
             overrides["train"]["seed"] = config.seed
         train(prepared, models / task, task=task, preset=preset, epochs=epochs, resume=resume, device=device, overrides=overrides, progress=progress)
-        training[task] = _training_run(models / task, task, preset)
+        training[task] = _training_run(models / task, task, preset, minutes)
         print(training[task].summary(), flush=True)
 
     _stage("5/6 predicting the held-out validation cases (paper and fast modes), measuring time and memory")
@@ -173,9 +174,26 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig = DemoConfig(), device: 
     return result
 
 
-def _write_demo_report(out: Path, cohort: Path, models: Path, summaries: dict, efficiency: dict) -> Path:
+def _headline(summaries: dict, result: DemoResult) -> str:
+    modes = []
+    for mode in MODES:
+        present = summaries[mode].stats.get("lesion_present") or {}
+        modes.append({
+            "mode": mode, "organ_dsc": result.organ_dsc[mode], "lesion_dsc": result.lesion_dsc_present[mode],
+            "lesion_cases": present.get("n_cases"), "lesion_sensitivity": result.lesion_sensitivity[mode],
+            "median_seconds": result.median_seconds[mode],
+        })
+    training = {task: {"steps_done": run.steps, "steps_planned": run.planned_steps, "budget_minutes": run.cap_minutes} for task, run in result.training.items()}
+    text = headline_table(modes, training=training, cpu=result.cpu)
+    short = [run for run in result.training.values() if not run.complete]
+    if short:
+        text += "\n\n**Warning:** " + "; ".join(run.summary() for run in short) + "."
+    return text
+
+
+def _write_demo_report(out: Path, cohort: Path, models: Path, summaries: dict, efficiency: dict, result: DemoResult) -> Path:
     figures = out / "report" / "figures"
-    sections = []
+    sections = [("Headline", _headline(summaries, result) + "\n\nOrgan DSC: the FLARE23 mean over the 13 organs; lesion DSC over the held-out cases whose reference holds lesion voxels (the official lesion mean, which scores a case without lesion and without prediction as 1, is in Table 4).", [])]
     for mode in MODES:
         table = summary_markdown(summaries[mode].stats).split("\n", 1)[1]  # drop its own top-level heading
         sections.append((f"Table 4 ({mode} mode): DSC and NSD on the held-out phantoms", table, []))
