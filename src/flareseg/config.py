@@ -14,13 +14,11 @@ import math
 import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 from flareseg.errors import ConfigError
 from flareseg.labels import TASK_TABLE, TaskLabels
 
-Task = Literal["organ", "tumor"]
-TASKS: tuple[str, ...] = tuple(TASK_TABLE)
 FORMAT_VERSION = 1
 """Version of the model-folder format written in config.json."""
 
