@@ -25,9 +25,14 @@ def test_tiny_demo_end_to_end(tmp_path):
         assert 0.0 <= result.organ_dsc[mode] <= 1.0
     saved = json.loads((tmp_path / "demo" / "demo_result.json").read_text())
     assert saved["organ_dsc"]["fast"] == pytest.approx(result.organ_dsc["fast"])
-    # A second run in the same folder resumes the trained models instead of failing on their settings.
-    again = run_demo(tmp_path / "demo", config=config, progress=False)
-    assert again.report.is_file()
+
+
+@pytest.mark.slow
+def test_a_second_demo_in_the_same_folder_resumes(tmp_path):
+    config = DemoConfig(cases=8, val_cases=2, organ_preset="tiny", tumor_preset="tiny", organ_epochs=1, tumor_epochs=1, seed=1)
+    run_demo(tmp_path / "demo", config=config, progress=False)
+    again = run_demo(tmp_path / "demo", config=config, progress=False)  # resumes the trained models
+    assert again.report.is_file() and again.training["organ"].steps == 5
 
 
 @pytest.mark.slow
