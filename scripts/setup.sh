@@ -37,7 +37,7 @@ elif [ "$choice" != cuda ]; then
   say "FLARESEG_TORCH must be cpu, cuda or auto, got '$choice'"
   exit 2
 fi
-say "installing $torch_spec ($choice build${index:+ from PyTorch's CPU index}); this takes a minute or two"
+say "installing $torch_spec ($choice build${index:+ from the PyTorch CPU index}); this takes a minute or two"
 "${pip[@]}" install --quiet "${index[@]}" "$torch_spec"
 say "installing flareseg with its extras and test tools"
 "${pip[@]}" install --quiet -c constraints.txt -e '.[all,dev]'

@@ -88,3 +88,13 @@ def test_numpy_only_packages_do_not_load_torch(package):
     code = f"import sys; import {', '.join(modules)}; sys.exit(3 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr or f"importing {package} loaded torch"
+
+
+def test_extras_are_imported_lazily():
+    """`pip install flareseg` alone predicts and evaluates: no module imports an extra at import time."""
+    extras = ("dynamic_network_architectures", "matplotlib", "markdown", "pynvml")
+    modules = [n for n, _ in _modules() if n != "flareseg"]
+    code = f"import sys; import {', '.join(modules)}; print([m for m in {extras!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"imported at import time: {result.stdout.strip()}"

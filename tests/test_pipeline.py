@@ -581,3 +581,26 @@ def test_grow_where_touching_moves_only_the_touched_faces_inside_the_limit():
     grown = grow_where_touching(box, ((10, 18), (12, 20), (0, 30)), (3, 3, 3), limit)
     assert grown == ((0, 20), (10, 30), (0, 30))  # by the box's extent (10 > margin 3); K lies on the limit
     assert grow_where_touching(((0, 100), (5, 9), (0, 30)), ((0, 100), (5, 9), (0, 30)), (20, 20, 20), limit) == ((0, 100), (0, 29), (0, 30))
+
+
+@pytest.mark.parametrize("step", [0.0, 0.01, float("nan"), 1.5])
+def test_a_step_that_would_hang_or_make_no_sense_is_refused(step):
+    with pytest.raises(ConfigError, match="inference.step"):
+        InferenceConfig.for_mode("fast", step=step)
+
+
+def test_a_silent_short_write_is_not_published(thresholds, tmp_path, monkeypatch):
+    """SimpleITK does not raise on a short write (a full disk): the read-back must catch it."""
+    image, _ = phantom_ct()
+    real_write = fio.sitk.WriteImage
+
+    def short_write(img, path, *args, **kwargs):
+        real_write(img, path, *args, **kwargs)
+        data = Path(path).read_bytes()
+        Path(path).write_bytes(data[: len(data) // 3])  # what a full disk leaves, without an error
+
+    monkeypatch.setattr(fio.sitk, "WriteImage", short_write)
+    out = tmp_path / "seg.nii.gz"
+    with pytest.raises(OSError, match="disk full"):
+        thresholds.predict(image, out)
+    assert list(tmp_path.iterdir()) == []

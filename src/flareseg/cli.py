@@ -176,7 +176,7 @@ SEED = _number(int, low=0, high=2**31 - 1)
 MINUTES = _number(float, low=0, low_open=True, high=60 * 24 * 30)
 LEARNING_RATE = _number(float, low=0, low_open=True, high=10)
 STEP = _number(float, low=0.1, high=1)
-"""Sliding-window step, a fraction of the patch: below 0.1 the tiles (and the run time) grow without bound."""
+"""Sliding-window step, a fraction of the patch (inference.config.MIN_STEP to 1)."""
 
 EXAMPLES = {
     "synth": "flareseg synth --out cohort --cases 20 --val-cases 4 --size small",

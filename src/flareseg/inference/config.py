@@ -13,6 +13,8 @@ from flareseg.transforms.postprocess import OFF as NO_POSTPROCESS
 from flareseg.transforms.postprocess import PostprocessConfig
 
 MODES: tuple[str, ...] = ("fast", "accurate", "paper")
+MIN_STEP = 0.1
+"""The smallest sliding-window step: the tile count grows as 1/step^3 (0.1: 1,000x the tiles of step 1)."""
 """The inference presets (:meth:`InferenceConfig.for_mode`)."""
 
 
@@ -62,8 +64,8 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         for name in ("step", "roi_step"):
             value = getattr(self, name)
-            if not 0 < value <= 1:
-                raise ConfigError(f"inference.{name} must lie in (0, 1], got {value}")
+            if not MIN_STEP <= value <= 1:  # NaN fails too
+                raise ConfigError(f"inference.{name} must lie in [{MIN_STEP}, 1], got {value}")
         try:
             if self.mirror is not None:
                 mirror_combinations(self.mirror)

@@ -101,7 +101,7 @@ def efficiency_table(measurements: Sequence[CaseMeasurement]) -> str:
         name = m.case if m.ok else f"{m.case} (failed)"
         lines.append(row([name, _size_text(m), _spacing_text(m)], _case_figures(m)))
     n_ok = sum(m.ok for m in measurements)
-    lines.append(row([f"**median** ({n_ok} cases)", "", ""], medians(measurements)))
+    lines.append(row([f"**median** ({n_ok} case{'' if n_ok == 1 else 's'})", "", ""], medians(measurements)))
     failed = [m for m in measurements if not m.ok]
     if failed:
         lines.append("")

@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 
 from flareseg.config import Fingerprint, InferenceDefaults, NetworkConfig, PreprocessConfig, TrainConfig
 from flareseg.errors import ModelFolderError
@@ -49,11 +48,23 @@ DATASET_FILE = "dataset.json"
 CHECKPOINT_FILES = ("checkpoint_final.pth", "checkpoint_best.pth")
 """Checkpoints looked for in a fold folder, in order of preference."""
 
-NETWORK_CLASSES: dict[str, type[torch.nn.Module]] = {
-    "PlainConvUNet": PlainConvUNet,
-    "ResidualEncoderUNet": ResidualEncoderUNet,
-}
+NETWORK_CLASSES: tuple[str, ...] = ("PlainConvUNet", "ResidualEncoderUNet")
 """The nnU-Net architectures flareseg rebuilds, by class name (with or without module path)."""
+
+
+def network_class(name: str, source: Path) -> type[torch.nn.Module]:
+    """nnU-Net's own class `name` from its network library (the ``nnunet`` extra), imported on first use.
+
+    Raises:
+        ModelFolderError: the library is not installed (the message says how to install it).
+    """
+    try:
+        from dynamic_network_architectures.architectures import unet
+    except ImportError:
+        raise ModelFolderError(
+            f"{source}: an nnU-Net model folder needs nnU-Net's network library: pip install 'flareseg[nnunet]'"
+        ) from None
+    return getattr(unet, name)
 
 LAYER_CLASSES: dict[str, type[torch.nn.Module] | None] = {
     "torch.nn.modules.conv.Conv3d": torch.nn.Conv3d,
@@ -168,8 +179,8 @@ def configuration(plans: dict[str, Any], name: str, *, source: Path) -> dict[str
     return merged
 
 
-def network_arguments(config: dict[str, Any], *, source: Path) -> tuple[type[torch.nn.Module], dict[str, Any]]:
-    """The network class and its keyword arguments from a plans configuration (nnU-Net >= 2.4 or older)."""
+def network_arguments(config: dict[str, Any], *, source: Path) -> tuple[str, dict[str, Any]]:
+    """The network class name and its keyword arguments from a plans configuration (nnU-Net >= 2.4 or older)."""
     if "architecture" in config:
         arch = config["architecture"]
         class_name = str(arch["network_class_name"]).rsplit(".", 1)[-1]
@@ -199,7 +210,7 @@ def network_arguments(config: dict[str, Any], *, source: Path) -> tuple[type[tor
         kwargs[blocks_key] = config["n_conv_per_stage_encoder"]
     if class_name not in NETWORK_CLASSES:
         raise ModelFolderError(f"{source}: network class {class_name!r} is not supported (supported: {', '.join(NETWORK_CLASSES)})")
-    return NETWORK_CLASSES[class_name], kwargs
+    return class_name, kwargs
 
 
 def _layer_class(name: Any, source: Path) -> type[torch.nn.Module] | None:
@@ -313,9 +324,9 @@ def load_nnunet_model(folder: str | os.PathLike, device: str | torch.device = "c
     task, channel_labels = channel_labels_from(dataset, source=root / DATASET_FILE)
 
     transpose = tuple(int(t) for t in plans.get("transpose_forward", (0, 1, 2)))
-    network_class, kwargs = network_arguments(config, source=root / PLANS_FILE)
+    class_name, kwargs = network_arguments(config, source=root / PLANS_FILE)
     try:
-        network = network_class(input_channels=1, num_classes=len(channel_labels), deep_supervision=False, **kwargs)
+        network = network_class(class_name, root / PLANS_FILE)(input_channels=1, num_classes=len(channel_labels), deep_supervision=False, **kwargs)
         network.load_state_dict(checkpoint["network_weights"], strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
         raise ModelFolderError(f"{checkpoint_path}: weights do not fit the network in the plans: {str(exc).splitlines()[0]}") from None
@@ -329,7 +340,7 @@ def load_nnunet_model(folder: str | os.PathLike, device: str | torch.device = "c
             out_channels=len(channel_labels),
             filters=tuple(int(f) for f in kwargs["features_per_stage"]),
             strides=tuple(strides),
-            res_block=network_class is ResidualEncoderUNet,
+            res_block=class_name == "ResidualEncoderUNet",
         ),
         preprocess=PreprocessConfig(target_spacing=to_flareseg_axes(config["spacing"], transpose)),
         fingerprint=fingerprint,

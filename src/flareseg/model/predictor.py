@@ -1,9 +1,11 @@
 """One trained model, ready to predict label maps on its network grid.
 
 :class:`ModelPredictor` is built from a model folder alone (``config.json`` + ``model.safetensors``,
-see :mod:`flareseg.model.folder`). It preprocesses a CT with the model's own spacing and fingerprint, runs
-sliding-window inference over the whole network grid or a box of it, and returns labels (the arg-max
-mapped through the model's ``channel_labels``), never full-resolution probabilities.
+see :mod:`flareseg.model.folder`). It normalises a network-grid image with the model's fingerprint
+(:meth:`ModelPredictor.normalize`; resampling to the model's spacing is the pipeline's
+:func:`~flareseg.transforms.preprocessing.preprocess_case`), runs sliding-window inference over the
+whole network grid or a box of it, and returns labels (the arg-max mapped through the model's
+``channel_labels``), never full-resolution probabilities.
 
 How the model is run comes from the folder's ``inference`` section, which training wrote
 (:class:`~flareseg.config.InferenceDefaults`): the tile size, the value tiles are padded with, and the
