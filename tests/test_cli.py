@@ -190,3 +190,19 @@ def test_verbosity_flags_work_after_the_subcommand(models, ct_file, tmp_path, ca
     code, _ = _run_main(capsys, "predict", "-q", "-i", ct_file, "-o", tmp_path / "seg.nii.gz", "--organ-model", organ)
     assert code == 0 and (tmp_path / "seg.nii.gz").is_file()
 
+
+
+def test_statistics_preview_and_label_tables_beside_the_output(models, ct_file, tmp_path, capsys):
+    import json
+
+    organ, tumor = models
+    out = tmp_path / "res" / "seg.nii.gz"
+    code, err = _run_main(capsys, "predict", "-q", "-i", ct_file, "-o", out, "--organ-model", organ, "--tumor-model", tumor,
+                          "--statistics", "--preview", "--label-tables")
+    assert code == 0, err
+    names = sorted(p.name for p in out.parent.iterdir())
+    assert names == ["flareseg_labels.ctbl", "flareseg_labels_itksnap.txt", "seg.nii.gz", "seg_preview.png", "seg_statistics.csv", "seg_statistics.json"]
+    stats = json.loads((out.parent / "seg_statistics.json").read_text())
+    label = read_image(out, check_ct=False).array
+    for name, organ_stats in stats["organs"].items():
+        assert organ_stats["voxels"] == int((label == organ_stats["id"]).sum()), name

@@ -23,6 +23,7 @@ LEVELS = {
     "data": 3, "model": 3,
     "training": 4, "inference": 4,
     "measure": 5, "report": 5,
+    "outputs": 5.5,
     "demo": 6,
     "cli": 7,
 }
@@ -92,7 +93,7 @@ def test_numpy_only_packages_do_not_load_torch(package):
 
 def test_extras_are_imported_lazily():
     """`pip install flareseg` alone predicts and evaluates: no module imports an extra at import time."""
-    extras = ("dynamic_network_architectures", "matplotlib", "markdown", "pynvml")
+    extras = ("dynamic_network_architectures", "matplotlib", "markdown", "pynvml", "highdicom", "pydicom")
     modules = [n for n, _ in _modules() if n != "flareseg"]
     code = f"import sys; import {', '.join(modules)}; print([m for m in {extras!r} if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

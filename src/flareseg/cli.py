@@ -89,6 +89,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from flareseg.inference.folder import parse_part, plan_folder
     from flareseg.io import is_single_series
     from flareseg.io.output import check_output_file, is_complete_volume
+    from flareseg.outputs import write_case_outputs
 
     # Every path is checked before the models load: a bad output must not cost a prediction.
     folder_run = args.input.is_dir() and not is_single_series(args.input)
@@ -105,11 +106,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             print(f"{args.output} exists; skipped (use --overwrite to replace it)")
             return 0
     predictor = TwoStepPredictor(args.organ_model, args.tumor_model, config=_inference_config(args), device=args.device)
+    extras = {"statistics": args.statistics, "preview": args.preview, "label_tables": args.label_tables}
     if folder_run:
         report = run_folder(predictor, args.input, args.output, overwrite=args.overwrite, progress=not args.quiet, part=part)
+        for case in report.predicted:
+            write_case_outputs(case.input, case.output, **extras)
         print(report.summary())
         return 0 if report.ok else EXIT_INPUT_ERROR
     report = predictor.predict(args.input, args.output, progress=not args.quiet)
+    for path in write_case_outputs(args.input, args.output, **extras):
+        print(f"written: {path}")
     print(report.summary())
     return 0
 
@@ -260,6 +266,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("-o", "--output", required=True, type=Path, help="label file (.nii.gz, .nii, .nrrd, .mha), or output folder for a folder input")
             p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
             p.add_argument("--part", metavar="I/N", help="folder input: predict only shard I (0-based) of N, chosen by case name (Slurm arrays)")
+            p.add_argument("--statistics", action="store_true", help="write <output>_statistics.json/.csv: organ volumes and HU, lesions, burden per organ")
+            p.add_argument("--preview", action="store_true", help="write <output>_preview.png: the labels over the CT, axial and coronal")
+            p.add_argument("--label-tables", action="store_true", help="write 3D Slicer (.ctbl) and ITK-SNAP label tables beside the output")
         else:
             p.add_argument("--out", required=True, type=Path, help="output folder (predictions/, efficiency.md/json, memory_curves.png)")
         p.add_argument("--organ-model", required=True, type=Path, help="organ model folder (flareseg, or an nnU-Net v2 trained model or fold folder)")

@@ -66,6 +66,26 @@ SINGLE_BODY_IDS: tuple[int, ...] = ORGAN_IDS
 LESION_HOST_IDS: tuple[int, ...] = (LIVER, RIGHT_KIDNEY, SPLEEN, PANCREAS, STOMACH, DUODENUM, LEFT_KIDNEY, GALLBLADDER)
 """Organs in and near which the tumour model is run in `fast` mode."""
 
+SNOMED_TYPES: dict[int, tuple[str, str, str | None]] = {
+    1: ("10200004", "Liver", None),
+    2: ("64033007", "Kidney", "Right"),
+    3: ("78961009", "Spleen", None),
+    4: ("15776009", "Pancreas", None),
+    5: ("15825003", "Aorta", None),
+    6: ("64131007", "Inferior vena cava", None),
+    7: ("23451007", "Adrenal gland", "Right"),
+    8: ("23451007", "Adrenal gland", "Left"),
+    9: ("28231008", "Gallbladder", None),
+    10: ("32849002", "Esophagus", None),
+    11: ("69695003", "Stomach", None),
+    12: ("38848004", "Duodenum", None),
+    13: ("64033007", "Kidney", "Left"),
+    14: ("52988006", "Lesion", None),
+}
+"""SNOMED CT (code, meaning, laterality) of each foreground label, for DICOM SEG segment descriptions.
+Paired organs are the organ's code with a Right/Left laterality modifier (24028007 / 7771000), as dcmqi writes them."""
+SNOMED_LATERALITY: dict[str, str] = {"Right": "24028007", "Left": "7771000"}
+
 
 @dataclass(frozen=True)
 class TaskLabels:

@@ -42,7 +42,9 @@ from flareseg.errors import ConfigError
 from flareseg.inference.config import InferenceConfig
 from flareseg.inference.reports import PredictionReport, StageTimer
 from flareseg.io import Grid, Volume, case_name, read_image, remove_stale_temporaries, strip_image_suffix, write_label
-from flareseg.io.output import check_output_file
+from flareseg import __version__
+from flareseg.io.dicom_seg import write_dicom_seg
+from flareseg.io.output import DICOM_SEG_SUFFIX, check_output_file
 from flareseg.labels import LESION_HOST_IDS, ORGAN_IDS, TASK_TABLE
 from flareseg.model.device import resolve_device
 from flareseg.model.predictor import ModelPredictor, downsample
@@ -209,7 +211,11 @@ class TwoStepPredictor:
         if output_path is not None:
             with timer.stage("write"):
                 remove_stale_temporaries(output_path)
-                write_label(label, net.organ_record.original, output_path)
+                if output_path.name.lower().endswith(DICOM_SEG_SUFFIX):
+                    models = [str(m.folder) for m in (self.organ, self.tumor) if m is not None and m.folder is not None]
+                    write_dicom_seg(label, source, output_path, version=__version__, models=models)
+                else:
+                    write_label(label, net.organ_record.original, output_path)
         report.timings["total"] = time.perf_counter() - start
         log.info("%s", report.summary())
         return label, net.organ_record.original

@@ -16,6 +16,9 @@ from pathlib import Path
 from flareseg.errors import InputError
 from flareseg.io.layout import OUTPUT_SUFFIXES
 
+DICOM_SEG_SUFFIX = ".dcm"
+"""An output path ending so is written as a DICOM SEG object (:mod:`flareseg.io.dicom_seg`)."""
+
 _NIFTI_BYTES_PER_VOXEL = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
 """NIfTI-1 datatype code -> bytes per voxel (uint8, int16, int32, float32, float64, int8, uint16, uint32, int64, uint64)."""
 
@@ -49,19 +52,25 @@ def _check_writable_folder(folder: Path, output: Path) -> None:
 def check_output_file(output: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
     """Check that a single label map can be written at `output`; returns it as a Path.
 
+    ``.dcm`` asks for a DICOM SEG, which needs a DICOM series `source`.
+
     Raises:
-        InputError: `output` is the input, an existing folder, has no or an unknown volume suffix, or
-            lies under a file or a read-only folder.
+        InputError: `output` is the input, an existing folder, has no or an unknown volume suffix, is a
+            DICOM SEG for an input that is not a DICOM series, or lies under a file or a read-only folder.
     """
     output = Path(output)
     _refuse_input(output, None if source is None else Path(source))
     if output.is_dir():
         raise InputError(f"{output}: is an existing folder; for a single input give a file name such as {output / 'case.nii.gz'}")
     name = output.name.lower()
-    if name.endswith(".dcm"):
-        raise InputError(f"{output}: DICOM output is not available; write {', '.join(OUTPUT_SUFFIXES)}")
-    if not name.endswith(OUTPUT_SUFFIXES):
-        raise InputError(f"{output}: unknown output type {output.suffix or '(no suffix)'!r}; the label map is written as one of {', '.join(OUTPUT_SUFFIXES)}")
+    if name.endswith(DICOM_SEG_SUFFIX):
+        if source is None or not Path(source).is_dir():
+            raise InputError(f"{output}: a DICOM SEG output needs a DICOM series as input (it references the series' slices); write .nii.gz for {source or 'a volume'}")
+    elif not name.endswith(OUTPUT_SUFFIXES):
+        raise InputError(
+            f"{output}: unknown output type {output.suffix or '(no suffix)'!r}; the label map is written as one of "
+            f"{', '.join(OUTPUT_SUFFIXES)}, or {DICOM_SEG_SUFFIX} (DICOM SEG) for a DICOM series input"
+        )
     _check_writable_folder(output.parent, output)
     return output
 

@@ -109,7 +109,7 @@ def _nifti_raw_pixdim(path: Path) -> np.ndarray:
     raise InputError(f"{path}: not a NIfTI file (bad header size)")
 
 
-def _dicom_series_files(folder: Path) -> list[str]:
+def dicom_series_files(folder: Path) -> list[str]:
     """The files of the series :func:`read_image` reads from `folder` (the largest), in slice order."""
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -129,7 +129,7 @@ def _dicom_series_files(folder: Path) -> list[str]:
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
-    files = _dicom_series_files(folder)
+    files = dicom_series_files(folder)
     _check_dicom_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -279,7 +279,7 @@ def read_image_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], tu
     if not path.exists():
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
-        files = _dicom_series_files(path)
+        files = dicom_series_files(path)
         first = _header(Path(files[0]))
         three_d = first.GetDimension() == 3  # GDCM reports a slice as 3-D with one plane; 2-D is possible
         size = list(first.GetSize()[:2]) + [len(files)]
