@@ -10,6 +10,7 @@ from flareseg.demo import DemoConfig, run_demo
 from flareseg.model.folder import read_model_config
 
 
+@pytest.mark.slow
 def test_tiny_demo_end_to_end(tmp_path):
     config = DemoConfig(cases=8, val_cases=2, organ_preset="tiny", tumor_preset="tiny", organ_epochs=2, tumor_epochs=1, seed=1)
     result = run_demo(tmp_path / "demo", config=config, progress=False)
