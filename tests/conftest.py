@@ -71,3 +71,15 @@ def write_case(folder: Path, name: str, image: Volume, label: Volume | None = No
     image_path = write_volume(Volume(image.array.astype(np.int16), image.spacing, image.origin, image.direction), folder / "imagesTr" / f"{name}_0000.nii.gz")
     label_path = write_volume(label, folder / "labelsTr" / f"{name}.nii.gz") if label is not None else None
     return image_path, label_path
+
+
+def edited_dicom_copy(real_data: Path, out: Path, edit) -> Path:
+    """The real 3-slice DICOM series copied into `out`, each slice's dataset passed through `edit(ds)`."""
+    import pydicom
+
+    out.mkdir(parents=True)
+    for i, f in enumerate(sorted(p for p in (real_data / "dcmqi_ct3slice" / "dicom").rglob("*") if p.is_file())):
+        ds = pydicom.dcmread(f)
+        edit(ds)
+        ds.save_as(out / f"{i}.dcm")
+    return out

@@ -235,15 +235,9 @@ def test_a_duplicated_slice_is_refused(real_data, tmp_path):
 
 @pytest.mark.real
 def test_an_mr_series_is_refused(real_data, tmp_path):
-    import pydicom
+    from conftest import edited_dicom_copy
 
-    source = real_data / "dcmqi_ct3slice" / "dicom"
-    out = tmp_path / "mr"
-    out.mkdir()
-    for i, f in enumerate(sorted(p for p in source.rglob("*") if p.is_file())):
-        ds = pydicom.dcmread(f)
-        ds.Modality = "MR"
-        ds.save_as(out / f"{i}.dcm")
+    out = edited_dicom_copy(real_data, tmp_path / "mr", lambda ds: setattr(ds, "Modality", "MR"))
     with pytest.raises(InputError, match="modality MR"):
         read_image(out)
 
