@@ -70,16 +70,19 @@ def test_dicom_seg_for_a_nifti_input_is_refused_before_any_work(tmp_path):
 
 @pytest.mark.real
 def test_a_series_missing_its_uids_is_refused(real_data, tmp_path):
-    import pydicom
+    from conftest import edited_dicom_copy
 
-    source = real_data / "dcmqi_ct3slice" / "dicom"
-    series = tmp_path / "series"
-    series.mkdir()
-    for i, f in enumerate(sorted(p for p in source.rglob("*") if p.is_file())):
-        ds = pydicom.dcmread(f)
-        del ds.FrameOfReferenceUID
-        ds.save_as(series / f"{i}.dcm")
+    series = edited_dicom_copy(real_data, tmp_path / "series", lambda ds: delattr(ds, "FrameOfReferenceUID"))
     predictor = TwoStepPredictor(organ_thresholds(), None, config=FAST)
     with pytest.raises(InputError, match="FrameOfReferenceUID"):
         predictor.predict(series, tmp_path / "seg.dcm")
     assert not (tmp_path / "seg.dcm").exists()
+
+
+@pytest.mark.real
+def test_the_public_predict_writes_a_dicom_seg_too(real_data, tmp_path):
+    import flareseg
+
+    series = real_data / "dcmqi_ct3slice" / "dicom"
+    seg = flareseg.predict(series, tmp_path / "seg.dcm", organ_model=organ_thresholds(), mode="fast")
+    np.testing.assert_array_equal(_seg_labels(tmp_path / "seg.dcm", series), seg.label.array)

@@ -141,16 +141,36 @@ class TwoStepPredictor:
         return f"TwoStepPredictor(organ={self.organ!r}, tumor={self.tumor!r}, mode={self.config.mode!r})"
 
     # ----------------------------------------------------------------------------------- one case
-    def segment(self, image: str | os.PathLike | Volume, *, case: str | None = None, progress: bool = False) -> Segmentation:
-        """Segment a CT (a file, a DICOM series folder or a :class:`Volume`) without writing anything.
+    def segment(
+        self,
+        image: str | os.PathLike | Volume,
+        *,
+        output: str | os.PathLike | None = None,
+        case: str | None = None,
+        progress: bool = False,
+        on_stage: Callable[[str], None] | None = None,
+    ) -> Segmentation:
+        """Segment a CT (a file, a DICOM series folder or a :class:`Volume`), and write it when `output` is given.
+
+        The output (NIfTI, NRRD, MHA, or DICOM SEG for a series) has the input's exact grid and is
+        written atomically: it either appears complete or not at all.
 
         Returns:
             The label map (uint8 ids 0-14) as a :class:`Volume` on the input's exact grid, and the report.
+
+        Raises:
+            InputError: the input cannot be read or is not a CT, or the output path cannot be written
+                (the input itself, a folder, an unknown suffix, a read-only folder); checked first.
         """
+        if output is not None:
+            output = check_output_file(output, source=None if isinstance(image, Volume) else image)
         if case is None:
-            case = "volume" if isinstance(image, Volume) else case_name(Path(image))
-        report = PredictionReport(case=case)
-        label, grid = self._run(image, report, progress=progress)
+            if not isinstance(image, Volume):
+                case = case_name(Path(image))
+            else:
+                case = "volume" if output is None else strip_image_suffix(output.name)
+        report = PredictionReport(case=case, output=None if output is None else str(output))
+        label, grid = self._run(image, report, output_path=output, progress=progress, on_stage=on_stage)
         return Segmentation(Volume.on_grid(label, grid), report)
 
     def predict(
@@ -162,21 +182,8 @@ class TwoStepPredictor:
         progress: bool = False,
         on_stage: Callable[[str], None] | None = None,
     ) -> PredictionReport:
-        """Segment `image` (a file, a DICOM series folder or a :class:`Volume`) and write the label map.
-
-        The output has the input's exact shape, spacing, origin and direction and is written
-        atomically: it either appears complete or not at all.
-
-        Raises:
-            InputError: the input cannot be read or is not a CT, or the output path cannot be written
-                (the input itself, a folder, an unknown suffix, a read-only folder); checked first.
-        """
-        output_path = check_output_file(output_path, source=None if isinstance(image, Volume) else image)
-        if case is None:
-            case = case_name(Path(image)) if not isinstance(image, Volume) else strip_image_suffix(output_path.name)
-        report = PredictionReport(case=case, output=str(output_path))
-        self._run(image, report, output_path=output_path, progress=progress, on_stage=on_stage)
-        return report
+        """Segment `image` and write its label map to `output_path` (:meth:`segment`); returns the report."""
+        return self.segment(image, output=output_path, case=case, progress=progress, on_stage=on_stage).report
 
     def _run(
         self,
@@ -408,7 +415,7 @@ def predict(
 
     Args:
         image: a CT file (NIfTI, NRRD, MHA), a DICOM series folder or a :class:`Volume` in HU.
-        output: the label file to write atomically (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``); None writes nothing.
+        output: the label file to write atomically (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, or ``.dcm``: a DICOM SEG for a series); None writes nothing.
         organ_model, tumor_model: model folders (flareseg or nnU-Net v2) or loaded predictors;
             `tumor_model` None segments organs only.
         mode: ``"fast"`` (default), ``"accurate"`` or ``"paper"``; ignored when `config` is given.
@@ -427,9 +434,6 @@ def predict(
     if output is not None:
         output = check_output_file(output, source=None if isinstance(image, Volume) else image)
     predictor = TwoStepPredictor(organ_model, tumor_model, config=config or InferenceConfig.for_mode(mode), device=device)
-    result = predictor.segment(image, progress=progress)
-    if output is not None:
-        write_label(result.label.array, result.label.grid, output)
-        result.report.output = str(output)
+    result = predictor.segment(image, output=output, progress=progress)
     result.report.timings["load"] = predictor.load_seconds
     return result
