@@ -27,28 +27,35 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+PAPER_FLIPS = {"train.augment.flip_x_prob": 0.2, "train.augment.flip_y_prob": 0.2}
+"""The paper's flips, which the recipes measured before the cpu preset dropped them keep."""
+
 RECIPES: dict[str, tuple[str, dict]] = {
-    # the cpu preset as the last demo trained it
+    # the cpu preset
     "cpu": ("cpu", {}),
     # plain 8-128 network, no deep supervision, 48^3 patches: 2.6x cheaper per step than the cpu preset here
     "s3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
-                      "network.res_block": False, "network.deep_supervision": False}),
+                      "network.res_block": False, "network.deep_supervision": False, **PAPER_FLIPS}),
     "s4p48": ("cpu", {"preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [48, 48, 48],
-                      "network.res_block": False, "network.deep_supervision": False}),
+                      "network.res_block": False, "network.deep_supervision": False, **PAPER_FLIPS}),
     "s3p48lr1e-2": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
-                            "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2}),
+                            "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2, **PAPER_FLIPS}),
     "s4p32lr1e-2": ("cpu", {"preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [32, 32, 32],
-                            "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2}),
+                            "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2, **PAPER_FLIPS}),
     "s4p48lr1e-2": ("cpu", {"preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [48, 48, 48],
-                            "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2}),
-    # the whole body crop in one patch: every step sees every organ (the cascade's coarse stage)
+                            "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2, **PAPER_FLIPS}),
+    # the whole body crop in one patch: every step sees every organ (the cascade's coarse stage), with the
+    # paper's flips (the cpu preset before it dropped them)
     "s6whole": ("cpu", {"preprocess.target_spacing": [6.0, 6.0, 6.0], "train.patch_size": [64, 48, 48],
                         "train.samples_per_image": 1, "network.res_block": False, "network.deep_supervision": False,
-                        "train.learning_rate": 1e-2}),
+                        "train.learning_rate": 1e-2, **PAPER_FLIPS}),
+    # the cpu preset without any augmentation (it has no flips already)
+    "s6noaug": ("cpu", {"train.augment.smooth_prob": 0.0, "train.augment.noise_prob": 0.0, "train.augment.gamma_prob": 0.0,
+                        "train.augment.shift_prob": 0.0}),
     # tumour model candidates: lesion-centred patches at a finer spacing than the organ model
     "t3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
                       "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2,
-                      "train.pos_fraction": 0.67}),
+                      "train.pos_fraction": 0.67, **PAPER_FLIPS}),
 }
 """name -> (preset, overrides). Add candidates here; keep the one chosen as a preset in flareseg.config."""
 
