@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 PAPER_FLIPS = {"train.augment.flip_x_prob": 0.2, "train.augment.flip_y_prob": 0.2}
-"""The paper's flips, which the recipes measured before the cpu preset dropped them keep."""
+"""The paper's flips: the recipes measured before the cpu preset dropped them keep them."""
 
 RECIPES: dict[str, tuple[str, dict]] = {
     # the cpu preset
@@ -56,6 +56,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "t3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
                       "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2,
                       "train.pos_fraction": 0.67, **PAPER_FLIPS}),
+    # the cpu-lesion preset with 32^3 patches (3.4x fewer voxels a step) and 80% lesion-centred
+    "t3p32": ("cpu-lesion", {"train.patch_size": [32, 32, 32], "train.pos_fraction": 0.8}),
+    # the cpu-lesion preset with half the patches on background, half of those inside the lesion-host organs
+    "t3hn": ("cpu-lesion", {"train.pos_fraction": 0.5, "train.hard_negative_fraction": 0.5}),
 }
 """name -> (preset, overrides). Add candidates here; keep the one chosen as a preset in flareseg.config."""
 

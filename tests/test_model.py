@@ -108,9 +108,21 @@ def test_missing_folder_or_config_is_a_model_folder_error(tmp_path):
         (lambda d: {**d, "network": {**d["network"], "filterz": [1]}}, "filterz"),
         (lambda d: {**d, "channel_labels": [0, 14]}, "channel_labels"),
         (lambda d: {**d, "fingerprint": {**d["fingerprint"], "std": 0}}, "std"),
+        (lambda d: [d], "expected an object"),
+        (lambda d: json.dumps(d).replace('"mean": ', '"mean": NaN, "unused": ', 1), "NaN"),
+        (lambda d: {**d, "network": {**d["network"], "filters": [10**6] * len(d["network"]["filters"])}}, "network.filters"),
+        (lambda d: {**d, "network": {**d["network"], "filters": "wide"}}, "network.filters"),
+        (lambda d: {**d, "network": {**d["network"], "strides": [1] + [-2] * (len(d["network"]["strides"]) - 1)}}, "network.strides"),
+        (lambda d: {**d, "network": {**d["network"], "kernel_size": 4}}, "kernel_size must be odd"),
+        (lambda d: {**d, "network": {**d["network"], "res_block": "yes"}}, "network.res_block"),
+        (lambda d: {**d, "preprocess": {**d["preprocess"], "target_spacing": [1e-9, 1e-9, 1e-9]}}, "target_spacing"),
+        (lambda d: {**d, "task": 3}, "task must be"),
+        (lambda d: {**d, "train": "fast"}, "TrainConfig"),
+        (lambda d: {**d, "inference": {"patch_size": [10**5] * 3, "mirror_axes": [], "pad_value": 0}}, "inference.patch_size"),
     ],
 )
 def test_corrupt_config_is_a_model_folder_error(tmp_path, mutate, message):
+    """Each malformed config.json is one ModelFolderError naming the field, when the folder is read."""
     write_model_config(tmp_path, _model_config())
     data = mutate(json.loads((tmp_path / CONFIG_FILE).read_text()))
     (tmp_path / CONFIG_FILE).write_text(data if isinstance(data, str) else json.dumps(data))

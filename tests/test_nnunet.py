@@ -246,6 +246,13 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
         (lambda root: _edit(root, "plans.json", lambda p: p["configurations"]["3d_fullres"]["architecture"].update(network_class_name="os.system")), "not supported"),
         (lambda root: _edit(root, "plans.json", lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(nonlin="builtins.eval")), "layer type 'builtins.eval'"),
         (lambda root: _edit(root, "plans.json", lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(features_per_stage=[8, 16, 32])), "weights do not fit"),
+        (lambda root: (root / "plans.json").write_text("[1, 2]"), "expected an object"),
+        (lambda root: _edit(root, "plans.json", lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(features_per_stage=[10**7] * 3)), "features_per_stage must be integers"),
+        (lambda root: _edit(root, "plans.json", lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(kernel_sizes=[[999] * 3] * 3)), "kernel_sizes must be integers"),
+        (lambda root: _edit(root, "plans.json", lambda p: p["configurations"]["3d_fullres"].update(patch_size="big")), "unusable value"),
+        (lambda root: _edit(root, "plans.json", lambda p: p["configurations"]["3d_fullres"].update(spacing=[0, 1, 1])), "target_spacing"),
+        (lambda root: _edit(root, "plans.json", lambda p: p.update(foreground_intensity_properties_per_channel=[])), "unusable value"),
+        (lambda root: _edit(root, "plans.json", lambda p: p["foreground_intensity_properties_per_channel"]["0"].update(std="wide")), "unusable value"),
     ],
 )
 def test_unusable_folders_are_named(organ_folder, change, message):

@@ -135,3 +135,11 @@ def test_restore_rejects_wrong_shape():
     case = preprocess_case(image, label, config=PreprocessConfig(target_spacing=(2.0, 2.0, 3.0)), fingerprint=FP)
     with pytest.raises(GeometryError):
         restore_label(np.zeros((3, 3, 3), np.uint8), case.record)
+
+
+def test_a_resampled_grid_larger_than_flareseg_handles_is_refused():
+    """A fine target spacing on a large CT is a GeometryError before any array is allocated."""
+    grid = Grid((512, 512, 1000), (0.8, 0.8, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    with pytest.raises(GeometryError, match="more than the"):
+        resampled_grid(grid, (0.1, 0.1, 0.1))
+    assert resampled_grid(grid, (1.0, 1.0, 1.0)).shape == (410, 410, 1000)

@@ -267,6 +267,22 @@ def test_negative_patches_come_from_background():
             assert int(patch["label"][0, 2, 2, 2]) == 0
 
 
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_hard_negatives_put_that_fraction_of_tumour_background_centres_in_host_organs(fraction):
+    """The liver (a host) is 1/16 of the background here: hard negatives move its share to `fraction`."""
+    from flareseg.training.data import centre_candidates
+
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[:20, :20, :10] = 1  # liver: 1/16 of the volume
+    label[30:32, 30:32, 30:32] = 14  # a lesion
+    case = _cached_case(label)
+    _, bg = centre_candidates(case, "tumor", np.random.default_rng(0), hard_negative_fraction=fraction)
+    in_host = np.mean(label.ravel()[bg] == 1)
+    assert not np.any(label.ravel()[bg] == 14)
+    expected = 4000 / (40**3 - 8) if fraction == 0 else fraction
+    assert abs(in_host - expected) < 0.08
+
+
 def test_lesion_is_background_for_the_organ_task_and_the_only_class_for_the_tumour_task():
     lut_o, lut_t = task_labels("organ").target_lut(), task_labels("tumor").target_lut()
     assert lut_o[14] == 0 and lut_o[1] == 1 and lut_o[13] == 13

@@ -54,12 +54,6 @@ def _check_real(name: str, value: Any, *, low: float | None = None, high: float 
     raise ConfigError(f"{name} must be a finite number{bounds}, got {value!r}")
 
 
-def _check_int(name: str, value: Any, *, low: int) -> None:
-    """Raise ConfigError unless `value` is an integer >= `low`."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-
-
 def _check_range(name: str, value: Any, *, low: float) -> None:
     """Raise ConfigError unless `value` is a pair of finite numbers ``low < a <= b``."""
     try:
@@ -72,11 +66,31 @@ def _check_range(name: str, value: Any, *, low: float) -> None:
         raise ConfigError(f"{name} must be a range low <= high, got {value!r}")
 
 
+MAX_PATCH = 1024
+"""Largest patch or tile edge in voxels (a 1024^3 float32 tile is 4 GiB; nnU-Net's are <= ~320)."""
+MAX_FEATURES = 4096
+"""Most features of one network stage (nnU-Net caps at 320; the paper's network has 320)."""
+SPACING_RANGE_MM = (0.05, 100.0)
+"""Target voxel sizes outside this range are refused (0.05 mm would turn a CT into ~10^12 voxels)."""
+
+
+def _check_int(name: str, value: Any, *, low: int, high: int | None = None) -> None:
+    """Raise ConfigError unless `value` is an integer (not a bool) in [low, high]."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ConfigError(f"{name} must be an integer {bounds}, got {value!r}")
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
 def _check_patch(name: str, value: Any) -> None:
     if not isinstance(value, tuple) or len(value) != 3:
         raise ConfigError(f"{name} must be 3 positive integers, got {value!r}")
     for v in value:
-        _check_int(name, v, low=1)
+        _check_int(name, v, low=1, high=MAX_PATCH)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,20 @@ class NetworkConfig:
     deep_supervision: bool = False
 
     def __post_init__(self) -> None:
+        _check_int("network.in_channels", self.in_channels, low=1, high=16)
+        _check_int("network.out_channels", self.out_channels, low=2, high=256)
+        for name in ("filters", "strides"):
+            if not isinstance(getattr(self, name), tuple) or not getattr(self, name):
+                raise ConfigError(f"network.{name} must be a non-empty list of integers, got {getattr(self, name)!r}")
+        for value in self.filters:
+            _check_int("network.filters", value, low=1, high=MAX_FEATURES)
+        for value in self.strides:
+            _check_int("network.strides", value, low=1, high=4)
+        _check_int("network.kernel_size", self.kernel_size, low=1, high=7)
+        if self.kernel_size % 2 == 0:
+            raise ConfigError(f"network.kernel_size must be odd, got {self.kernel_size}")
+        _check_bool("network.res_block", self.res_block)
+        _check_bool("network.deep_supervision", self.deep_supervision)
         if len(self.filters) != len(self.strides):
             raise ConfigError(f"network.filters has {len(self.filters)} stages but network.strides has {len(self.strides)}")
         if self.strides[0] != 1:
@@ -134,7 +162,7 @@ class PreprocessConfig:
         if len(self.target_spacing) != 3:
             raise ConfigError(f"preprocess.target_spacing must be 3 positive numbers, got {self.target_spacing}")
         for value in self.target_spacing:
-            _check_real("preprocess.target_spacing", value, low=0, open_low=True)
+            _check_real("preprocess.target_spacing", value, low=SPACING_RANGE_MM[0], high=SPACING_RANGE_MM[1])
         _check_real("preprocess.body_threshold_hu", self.body_threshold_hu)
         _check_real("preprocess.body_margin_mm", self.body_margin_mm, low=0)
 
@@ -212,6 +240,8 @@ class TrainConfig:
         patch_size: patch size in voxels at the target spacing.
         samples_per_image: patches drawn per loaded image.
         pos_fraction: fraction of patches centred on foreground.
+        hard_negative_fraction: fraction of the background-centred patches centred in a lesion-host
+            organ (the tumour model's hard negatives; no effect on the organ model, for which they are foreground).
         learning_rate: Adam's initial learning rate.
         poly_horizon_epochs, poly_exponent, lr_floor: lr(e) = max(lr_floor, lr * (1 - e/horizon)^exponent),
             and lr_floor for e >= horizon (the paper's formula is undefined past the horizon).
@@ -230,6 +260,7 @@ class TrainConfig:
     patch_size: tuple[int, int, int] = (128, 128, 128)
     samples_per_image: int = 2
     pos_fraction: float = 0.5
+    hard_negative_fraction: float = 0.0
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     poly_horizon_epochs: int = 500
@@ -247,6 +278,7 @@ class TrainConfig:
         _check_int("train.seed", self.seed, low=0)
         _check_patch("train.patch_size", self.patch_size)
         _check_real("train.pos_fraction", self.pos_fraction, low=0.0, high=1.0)
+        _check_real("train.hard_negative_fraction", self.hard_negative_fraction, low=0.0, high=1.0)
         _check_real("train.val_overlap", self.val_overlap, low=0.0, high=1.0, open_high=True)
         _check_real("train.learning_rate", self.learning_rate, low=0.0, open_low=True)
         _check_real("train.weight_decay", self.weight_decay, low=0.0)

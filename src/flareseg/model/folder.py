@@ -35,6 +35,7 @@ from flareseg.config import (
     trained_mirror_axes,
 )
 from flareseg.errors import ConfigError, ModelFolderError
+from flareseg.labels import TASK_TABLE
 from flareseg.io import atomic_output, atomic_write_bytes, read_json
 from flareseg.model.network import build_network
 from flareseg.transforms.preprocessing import pad_value_of
@@ -73,6 +74,8 @@ class ModelConfig:
     inference: InferenceDefaults | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.task, str) or self.task not in TASK_TABLE:
+            raise ConfigError(f"task must be {' or '.join(repr(t) for t in TASK_TABLE)}, got {self.task!r}")
         if len(self.channel_labels) != self.network.out_channels:
             raise ConfigError(
                 f"channel_labels has {len(self.channel_labels)} entries but the network has {self.network.out_channels} outputs"

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flareseg.config import Fingerprint, InferenceDefaults, NetworkConfig, PreprocessConfig, TrainConfig
+from flareseg.config import MAX_FEATURES, Fingerprint, InferenceDefaults, NetworkConfig, PreprocessConfig, TrainConfig
 from flareseg.errors import ModelFolderError
 from flareseg.io import read_json
 from flareseg.labels import TASK_TABLE
@@ -210,7 +210,16 @@ def network_arguments(config: dict[str, Any], *, source: Path) -> tuple[str, dic
         kwargs[blocks_key] = config["n_conv_per_stage_encoder"]
     if class_name not in NETWORK_CLASSES:
         raise ModelFolderError(f"{source}: network class {class_name!r} is not supported (supported: {', '.join(NETWORK_CLASSES)})")
+    _check_sizes(source, "features_per_stage", kwargs.get("features_per_stage"), MAX_FEATURES)
+    _check_sizes(source, "kernel_sizes", kwargs.get("kernel_sizes"), 7)
     return class_name, kwargs
+
+
+def _check_sizes(source: Path, name: str, values: Any, high: int) -> None:
+    """Refuse a plans list (of ints or of per-axis int lists) with an entry outside [1, high] before any weight is allocated."""
+    flat = [v for item in values for v in (item if isinstance(item, (list, tuple)) else [item])] if isinstance(values, (list, tuple)) else None
+    if not flat or any(not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= high for v in flat):
+        raise ModelFolderError(f"{source}: {name} must be integers in [1, {high}], got {values!r}")
 
 
 def _layer_class(name: Any, source: Path) -> type[torch.nn.Module] | None:
@@ -304,6 +313,16 @@ def load_nnunet_model(folder: str | os.PathLike, device: str | torch.device = "c
         ModelFolderError: anything in the folder flareseg cannot use, named.
     """
     root, checkpoint_path = find_checkpoint(folder)
+    try:
+        return _load(root, checkpoint_path, device)
+    except ModelFolderError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AssertionError) as exc:  # a field of the wrong type or shape
+        detail = f"missing field {exc.args[0]!r}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
+        raise ModelFolderError(f"{root / PLANS_FILE} (or {DATASET_FILE}): unusable value: {detail}") from None
+
+
+def _load(root: Path, checkpoint_path: Path, device: str | torch.device) -> tuple[ModelConfig, torch.nn.Module]:
     plans = _read_json(root / PLANS_FILE)
     dataset = _read_json(root / DATASET_FILE)
     checkpoint = read_checkpoint(checkpoint_path)

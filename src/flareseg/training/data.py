@@ -22,6 +22,7 @@ from flareseg.data.cache import CachedCase, CaseCache, SourceCase, source_cases
 from flareseg.data.cohort import MANIFEST_FILE
 from flareseg.errors import InputError
 from flareseg.io import read_json
+from flareseg.labels import LESION_HOST_IDS
 from flareseg.training.augment import BG_INDICES_KEY, FG_INDICES_KEY, IMAGE_KEY, LABEL_KEY, build_augmentation, build_patch_sampler, pad_widths
 
 FG_CENTRES_PER_CLASS = 64
@@ -80,12 +81,15 @@ def default_workers(device: torch.device) -> int:
     return max(1, min(4, cores // 2))
 
 
-def centre_candidates(case: CachedCase, task: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def centre_candidates(case: CachedCase, task: str, rng: np.random.Generator, *, hard_negative_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Flat indices into the case's grid of patch-centre candidates: foreground and background.
 
     Foreground: ``FG_CENTRES_PER_CLASS`` per foreground class of `task` present in the case (so small
     organs are drawn as often as the liver, as nnU-Net does). Background: ``BG_CENTRES`` uniform over
-    the background voxels (every id that is not the task's foreground).
+    the background voxels (every id that is not the task's foreground), except that a fraction
+    `hard_negative_fraction` of them lies in the lesion-host organs (:data:`flareseg.labels.LESION_HOST_IDS`)
+    where the case has them: the tumour model's hard negatives (for the organ task those organs are
+    foreground, so it changes nothing there).
 
     Returns:
         (fg, bg) int64 arrays; either may be empty.
@@ -104,6 +108,10 @@ def centre_candidates(case: CachedCase, task: str, rng: np.random.Generator) -> 
         # Each stored location stands for count/stored voxels of its label: weight by that to be uniform.
         values, inverse, stored = np.unique(bg_values, return_inverse=True, return_counts=True)
         weights = (np.array([case.counts.get(int(v), 1) for v in values], dtype=float) / stored)[inverse]
+        weights /= weights.sum()
+        host = np.isin(bg_values, LESION_HOST_IDS)
+        if hard_negative_fraction > 0 and host.any() and not host.all():
+            weights = np.where(host, hard_negative_fraction * weights / weights[host].sum(), (1 - hard_negative_fraction) * weights / weights[~host].sum())
         bg = rng.choice(bg_pool, size=BG_CENTRES, replace=True, p=weights / weights.sum())
     else:
         bg = np.zeros(0, dtype=np.int64)
@@ -160,7 +168,7 @@ def sample_patches(
         raise InputError(f"case {case.name} has no label: it cannot be used for training")
     lut = task_labels(task).target_lut() if lut is None else lut
     image, label = case.image, case.label
-    fg, bg = centre_candidates(case, task, rng)
+    fg, bg = centre_candidates(case, task, rng, hard_negative_fraction=cfg.hard_negative_fraction)
     widths = pad_widths(image.shape, cfg.patch_size)
     if any(w != (0, 0) for w in widths):
         shape = image.shape

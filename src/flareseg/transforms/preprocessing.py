@@ -19,6 +19,7 @@ from scipy import ndimage
 from flareseg.config import Fingerprint, PreprocessConfig
 from flareseg.errors import GeometryError
 from flareseg.io import Grid, Volume, orientation_code
+from flareseg.io.read import MAX_VOXELS
 
 CANONICAL_ORIENTATION = "LPS"
 """Index axes I, J, K point to patient left, posterior and superior: K is the axial (slice) axis."""
@@ -95,10 +96,20 @@ def crop(volume: Volume, box: tuple[tuple[int, int], ...]) -> Volume:
 
 
 def resampled_grid(grid: Grid, target_spacing: tuple[float, float, float]) -> Grid:
-    """The grid covering the same physical box as `grid` at `target_spacing` (voxel boxes aligned)."""
+    """The grid covering the same physical box as `grid` at `target_spacing` (voxel boxes aligned).
+
+    Raises:
+        GeometryError: the resampled grid would hold more than :data:`flareseg.io.read.MAX_VOXELS` voxels.
+    """
     spacing = np.asarray(grid.spacing, dtype=float)
     target = np.asarray(target_spacing, dtype=float)
     shape = np.maximum(1, np.round(np.asarray(grid.shape) * spacing / target)).astype(int)
+    voxels = int(np.prod(shape.astype(object)))
+    if voxels > MAX_VOXELS:
+        raise GeometryError(
+            f"resampling {tuple(grid.shape)} voxels of {tuple(round(s, 3) for s in grid.spacing)} mm to {tuple(target_spacing)} mm "
+            f"gives {tuple(int(s) for s in shape)} = {voxels:,} voxels, more than the {MAX_VOXELS:,} flareseg handles"
+        )
     direction = np.array(grid.direction).reshape(3, 3)
     origin = np.asarray(grid.origin) + direction @ ((target - spacing) / 2)
     return Grid(tuple(int(s) for s in shape), tuple(float(t) for t in target), tuple(origin), grid.direction)
