@@ -170,11 +170,11 @@ def main() -> int:
     parser.add_argument("--min-lesion-confidence", type=float, default=0.9)
     parser.add_argument("--rows", default="a,b,c,d", help="rows to run, in order (c needs b, d needs c)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="12 tiny-preset phantoms, a few steps: proves the pipeline runs, measures nothing")
+    parser.add_argument("--smoke", action="store_true", help="12 phantoms, tiny preset, a few steps: proves the pipeline runs, measures nothing")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     if args.smoke:
-        args.cases, args.val_cases, args.steps, args.tumor_steps, args.iterations = 20, 2, 4, 2, 2
+        args.cases, args.val_cases, args.steps, args.tumor_steps, args.iterations = 12, 2, 4, 2, 2
         args.organ_preset = args.tumor_preset = "tiny"
     rows_wanted = args.rows.split(",")
     if any(r not in ROWS for r in rows_wanted):
