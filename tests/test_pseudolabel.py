@@ -136,6 +136,11 @@ def test_pseudolabel_writes_flare_layout_labels_with_provenance(pseudo):
     assert sorted(again.skipped) == sorted(provenance["cases"]) and not again.accepted
 
 
+def _records(out: Path) -> set[str]:
+    """The finished cases: their records (hidden files are a writer's temporaries)."""
+    return {p.name[: -len(".json")] for p in (out / CASES_DIR).glob("*.json") if not p.name.startswith(".")}
+
+
 def test_kill_9_then_rerun_does_only_the_missing_cases(tmp_path):
     cohort = write_cohort(tmp_path / "cohort")
     organ, tumor = random_teacher(tmp_path / "organ", "organ", 0), random_teacher(tmp_path / "tumor", "tumor", 1)
@@ -144,19 +149,20 @@ def test_kill_9_then_rerun_does_only_the_missing_cases(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "flareseg.cli", "-q", *map(str, args)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and not list((out / CASES_DIR).glob("*.json")):
+        while time.monotonic() < deadline and not _records(out):
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
             time.sleep(0.01)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    done = {p.stem for p in (out / CASES_DIR).glob("*.json")}
+    done = _records(out)
     assert 1 <= len(done) < 8
     report = pseudolabel_cohort(cohort, out, organ_model=organ, tumor_model=tumor, min_confidence=0.0, progress=False)
     assert set(report.skipped) == done
     assert set(report.accepted + report.rejected) == {f"Toy_{i:04d}" for i in range(8)} - done and not report.failed
     assert sorted(json.loads((out / PROVENANCE_FILE).read_text())["cases"]) == [f"Toy_{i:04d}" for i in range(8)]
-    assert not [p for p in (out / LABELS_DIR).iterdir() if p.name.startswith(".")]  # no temporary label left published
+    assert not [p for p in (out / LABELS_DIR).iterdir() if p.name.startswith(".")]  # the killed run's temporaries are gone
+    assert not [p for p in (out / CASES_DIR).iterdir() if p.name.endswith(".json") and p.name.startswith(".")]
 
 
 def test_pseudolabel_output_trains_a_student_through_prepare_and_train(pseudo, tmp_path):

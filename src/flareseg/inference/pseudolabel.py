@@ -47,7 +47,16 @@ from flareseg.errors import ConfigError, FlaresegError, InputError
 from flareseg.inference.config import InferenceConfig
 from flareseg.inference.folder import case_lock, guarded
 from flareseg.inference.pipeline import TwoStepPredictor
-from flareseg.io import CaseInput, atomic_write_text, find_training_cases, label_file_name, read_json, read_label, write_label
+from flareseg.io import (
+    CaseInput,
+    atomic_write_text,
+    find_training_cases,
+    label_file_name,
+    read_json,
+    read_label,
+    remove_stale_temporaries,
+    write_label,
+)
 from flareseg.io.output import check_output_folder
 from flareseg.labels import LESION, ORGAN_IDS
 from flareseg.model.predictor import ModelPredictor
@@ -251,8 +260,9 @@ def pseudolabel_cohort(
     report = PseudoLabelReport(str(data_dir), str(out_dir), failed=dict(failed))
     todo = [(n, i, l) for n, i, l in found if n not in failed and not set(ORGAN_IDS) <= set(volumes.get(n, {}))]
     cases_dir = out_dir / CASES_DIR
-    (out_dir / LABELS_DIR).mkdir(parents=True, exist_ok=True)
-    cases_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir / LABELS_DIR, cases_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(folder)  # what a killed run was writing
     pending = [c for c in todo if not (cases_dir / f"{c[0]}.json").is_file()]
     report.skipped = [n for n, _, _ in todo if (cases_dir / f"{n}.json").is_file()]
     if pending:
@@ -281,7 +291,7 @@ def pseudolabel_cohort(
 def write_provenance(out_dir: Path, data_dir: Path, organ_model: Any, tumor_model: Any, settings: dict[str, Any]) -> Path:
     """Gather every case record of ``DIR/cases`` into ``DIR/provenance.json`` (atomically)."""
     records = {}
-    for path in sorted((out_dir / CASES_DIR).glob("*.json")):
+    for path in sorted(p for p in (out_dir / CASES_DIR).glob("*.json") if not p.name.startswith(".")):
         record = read_json(path)
         records[record["case"]] = record
     manifest = {

@@ -28,7 +28,7 @@ from flareseg.data.cache import CachedCase, CaseCache, SourceCase, source_cases
 from flareseg.data.cohort import MANIFEST_FILE
 from flareseg.errors import InputError
 from flareseg.io import read_json
-from flareseg.training.augment import BG_INDICES_KEY, LABELLED_KEY, FG_INDICES_KEY, IMAGE_KEY, LABEL_KEY, build_augmentation, build_patch_sampler, pad_widths
+from flareseg.training.augment import BG_INDICES_KEY, FG_INDICES_KEY, IMAGE_KEY, LABEL_KEY, LABELLED_KEY, build_augmentation, build_patch_sampler, pad_widths
 
 FG_CENTRES_PER_CLASS = 64
 """Foreground centre candidates drawn per present class for one image (class-balanced sampling)."""
