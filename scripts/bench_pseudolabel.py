@@ -17,7 +17,7 @@ labels), so (b) reuses (a)'s tumour model. Everything is resumable: rerun the sa
 interruption.
 
     python scripts/bench_pseudolabel.py --out runs/pseudo --cases 80 --steps 750 --tumor-steps 250
-    python scripts/bench_pseudolabel.py --out runs/pseudo_smoke --smoke      # the pipeline, not the figures (7.9 min on 2 cores)
+    python scripts/bench_pseudolabel.py --out runs/pseudo_smoke --smoke      # the pipeline, not the figures (about 8 min on 2 cores)
 
 Writes ``pseudo.md`` (table, command, machine) and ``pseudo.json`` (every figure, per class) under --out.
 """
