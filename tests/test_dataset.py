@@ -84,7 +84,13 @@ def test_prepare_counts_regimes_and_skips_bad_cases(cohort, tmp_path):
     assert sorted(organ) == ["Case_001", "Case_002", "Case_003"]
     tumor = result.tumor["train"] + result.tumor["val"]
     assert sorted(tumor) == ["Case_002", "Case_003", "Case_004", "Case_005"]  # Case_001 is full without lesion
+    # case_selection="partial": every case with an organ labelled, the paper's held-out organ cases kept apart
+    partial = set(c.case for c in result.cases if c.problem is None and set(c.labelled) & set(ORGAN_IDS)) - set(result.organ["val"])
+    assert set(result.organ_partial["train"]) == partial and result.organ_partial["val"] == result.organ["val"]
+    assert set(result.organ["train"]) < partial and not partial & {"Case_004", "Case_005"}  # lesion-only cases label no organ
+    assert sorted(result.tumor_partial["train"] + result.tumor_partial["val"]) == sorted(tumor)
     manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["organ_partial"] == result.organ_partial and manifest["tumor_partial"] == result.tumor_partial
     assert manifest["fingerprint"]["std"] > 0
     assert manifest["regime_counts"]["none"] == 3
     text = result.summary()

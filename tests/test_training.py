@@ -305,6 +305,96 @@ def test_small_image_is_padded_to_the_patch():
         assert int((patch["label"] == 2).sum()) == int((label == 2).sum())  # nothing lost
 
 
+# --------------------------------------------------------------------------- the partial-label loss
+
+
+def _logits_and_target(seed: int = 0, channels: int = 14):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, channels, 6, 6, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, channels, (2, 1, 6, 6, 6), generator=gen)
+    return logits, target
+
+
+@pytest.mark.parametrize("channels", [14, 2])
+def test_fully_labelled_cases_give_the_ordinary_dice_ce(channels):
+    from monai.losses import DiceCELoss
+
+    from flareseg.training.loss import build_loss
+
+    logits, target = _logits_and_target(1, channels)
+    ordinary = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    labelled = torch.ones(2, channels, dtype=torch.bool)
+    assert abs(build_loss()(logits, target, labelled).item() - ordinary.item()) < 1e-6
+    assert abs(build_loss()(logits, target).item() - ordinary.item()) < 1e-6
+
+
+def test_one_labelled_organ_does_not_push_unlabelled_organs_towards_background():
+    """Case 0 labels only the liver (1): the loss must not care how background and the unlabelled
+    kidney (2) share the probability of its background voxels, so moving mass between them has a zero
+    directional derivative, dL/dz_2 * p_0 - dL/dz_0 * p_2 = 0 at every voxel; the ordinary loss pushes."""
+    from monai.losses import DiceCELoss
+
+    from flareseg.training.loss import build_loss
+
+    logits, target = _logits_and_target(2)
+    target = torch.where(target == 1, target, torch.zeros_like(target))  # only liver voxels are marked
+    labelled = torch.zeros(2, 14, dtype=torch.bool)
+    labelled[:, 1] = True
+    build_loss()(logits, target, labelled).backward()
+    grad, p = logits.grad, torch.softmax(logits.detach(), dim=1)
+    background = target[:, 0] == 0
+    shift = grad[:, 2] * p[:, 0] - grad[:, 0] * p[:, 2]
+    assert float(shift[background].abs().max()) < 1e-12
+    assert float(grad[:, 2][background].abs().max()) > 1e-6  # the kidney logit still gets a gradient (the merged background's)
+
+    logits.grad = None
+    DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)(logits, target).backward()
+    ordinary_shift = logits.grad[:, 2] * p[:, 0] - logits.grad[:, 0] * p[:, 2]
+    assert float(ordinary_shift[background].min()) > 0  # plain Dice + CE teaches 'not kidney' on every background voxel
+
+
+def test_unlabelled_classes_are_merged_into_background_per_case():
+    from flareseg.training.loss import build_loss, marginal_logits
+
+    logits, target = _logits_and_target(3)
+    labelled = torch.ones(2, 14, dtype=torch.bool)
+    labelled[1, 5:] = False  # case 1 labels organs 1-4 only
+    merged = torch.softmax(marginal_logits(logits.detach(), labelled), dim=1)
+    p = torch.softmax(logits.detach(), dim=1)
+    torch.testing.assert_close(merged[0], p[0])
+    torch.testing.assert_close(merged[1, 0], p[1, 0] + p[1, 5:].sum(0))
+    assert float(merged[1, 5:].max()) == 0.0
+    # a voxel marked with a class the case leaves unlabelled is background for that case: finite loss
+    assert math.isfinite(build_loss()(logits, torch.full_like(target, 9), labelled).item())
+
+
+def test_partial_selection_carries_each_case_labelled_classes_to_the_patches(tmp_path):
+    from flareseg.training.data import load_training_data
+
+    prepared = write_toy_cohort(tmp_path, n=4, n_val=1)
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    manifest["organ_partial"] = {"train": manifest["organ"]["train"], "val": manifest["organ"]["val"]}
+    manifest["cases"][1]["labelled"] = [1, 14]
+    (prepared / "manifest.json").write_text(json.dumps(manifest))
+    paper, partial = load_training_data(prepared, "organ"), load_training_data(prepared, "organ", "partial")
+    assert all(all(mask) for mask in paper.labelled.values())
+    assert partial.labelled["Toy_0001"] == (True, True) + (False,) * 12
+    assert partial.labelled["Toy_0002"] == tuple(c in (0, *TOY_ORGANS) for c in range(14))  # labels_present when no 'labelled'
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[5:15, 5:15, 5:15] = 1
+    cfg = TrainConfig(patch_size=(8, 8, 8), augment=OFF)
+    sampler = build_patch_sampler(cfg)
+    patches = sample_patches(_cached_case(label), "organ", cfg, rng=np.random.default_rng(0), sampler=sampler,
+                             augmentation=build_augmentation(OFF), pad_value=-3.0, labelled=partial.labelled["Toy_0001"])
+    assert all(p["labelled"].tolist() == list(partial.labelled["Toy_0001"]) for p in patches)
+    del manifest["organ_partial"]
+    (prepared / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="organ_partial"):
+        load_training_data(prepared, "organ", "partial")
+    with pytest.raises(ConfigError, match="case_selection"):
+        TrainConfig(case_selection="all")
+
+
 def test_cache_is_built_once_and_rebuilt_when_the_source_changes(tmp_path):
     image, label = toy_case(0, shape=(32, 32, 24))
     ip = write_volume(Volume(image.array.astype(np.int16), image.spacing, image.origin, image.direction), tmp_path / "a_0000.nii.gz")
@@ -559,7 +649,7 @@ def test_flip_x_off_leaves_x_out_of_the_test_time_mirrors(prepared, tmp_path):
 def test_a_non_finite_loss_is_a_training_error(prepared, tmp_path, monkeypatch):
     import flareseg.training.loop as loop
 
-    monkeypatch.setattr(loop, "compute_loss", lambda fn, output, target: output.sum() * float("nan"))
+    monkeypatch.setattr(loop, "compute_loss", lambda fn, output, target, labelled=None: output.sum() * float("nan"))
     with pytest.raises(TrainingError, match=r"epoch 1, step 1: the loss became nan"):
         train(prepared, tmp_path / "nan", task="tumor", preset="tiny", epochs=1, progress=False, num_workers=0)
 

@@ -29,6 +29,7 @@ _EXPORTS = {
     "InferenceConfig": "flareseg.inference.config",
     "PredictionReport": "flareseg.inference.reports",
     "BatchReport": "flareseg.inference.reports",
+    "pseudolabel": ("flareseg.inference.pseudolabel", "pseudolabel_cohort"),
     # training and data
     "prepare": ("flareseg.data.cohort", "prepare_cohort"),
     "train": ("flareseg.training.loop", "train"),

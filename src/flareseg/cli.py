@@ -27,7 +27,7 @@ DEFAULT_PRESETS = {"organ": "cpu", "tumor": "cpu-lesion"}
 def _cmd_prepare(args: argparse.Namespace) -> int:
     from flareseg.data.cohort import prepare_cohort
 
-    cohort = prepare_cohort(args.data, args.out, seed=args.seed, progress=not args.quiet)
+    cohort = prepare_cohort(args.data, args.out, seed=args.seed, progress=not args.quiet, pseudo_labels=args.pseudo_labels)
     print(cohort.summary())
     print(f"\nmanifest: {Path(args.out) / 'manifest.json'}")
     return 0
@@ -57,7 +57,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from flareseg.training import train
 
-    flags = {"max_minutes": args.max_minutes, "learning_rate": args.lr, "iterations_per_epoch": args.iterations, "poly_horizon_epochs": args.lr_horizon}
+    flags = {
+        "max_minutes": args.max_minutes, "learning_rate": args.lr, "iterations_per_epoch": args.iterations, "poly_horizon_epochs": args.lr_horizon,
+        "case_selection": args.case_selection,
+    }
     overrides = {"train": {name: value for name, value in flags.items() if value is not None}}
     folder = train(
         args.prepared,
@@ -73,6 +76,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     )
     print(f"model folder: {folder}")
     return 0
+
+
+def _cmd_pseudolabel(args: argparse.Namespace) -> int:
+    from flareseg.inference.pseudolabel import pseudolabel_cohort
+
+    report = pseudolabel_cohort(
+        args.data, args.out, organ_model=args.organ_model, tumor_model=args.tumor_model, min_confidence=args.min_confidence,
+        min_lesion_confidence=args.min_lesion_confidence, config=_inference_config(args), device=args.device, progress=not args.quiet,
+    )
+    print(report.summary())
+    print(f"provenance: {Path(args.out) / 'provenance.json'}")
+    return 0 if report.ok else EXIT_INPUT_ERROR
 
 
 def _inference_config(args: argparse.Namespace):
@@ -197,6 +212,10 @@ EXAMPLES = {
         "  flareseg predict -i dicom_series/ -o seg.nii.gz --organ-model models/organ --mode accurate\n"
         "  flareseg predict -i imagesTs/ -o predictions/ --organ-model models/organ --tumor-model models/tumor --part 0/4"
     ),
+    "pseudolabel": (
+        "flareseg pseudolabel --organ-model models/organ --tumor-model models/tumor --data /data/FLARE23 --out pseudo1\n"
+        "  flareseg prepare --data /data/FLARE23 --out prepared1 --pseudo-labels pseudo1"
+    ),
     "benchmark": "flareseg benchmark -i imagesTs/ --out bench --organ-model models/organ --tumor-model models/tumor",
     "demo": "flareseg demo --out runs/demo        (bash scripts/demo.sh sets up and runs this)",
     "evaluate": "flareseg evaluate --pred predictions --ref labelsTs --out scores",
@@ -237,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, type=Path, help="cohort folder (imagesTr/, labelsTr/, unlabeled*/)")
     p.add_argument("--out", required=True, type=Path, help="output folder for manifest.json")
     p.add_argument("--seed", type=SEED, default=0, help="seed of the 8:2 split (default 0)")
+    p.add_argument("--pseudo-labels", type=Path, help="a folder written by `flareseg pseudolabel` for this cohort: another label source")
 
     p = _subcommand(sub, "train", "train the organ or tumour model on a prepared cohort", _cmd_train)
     p.add_argument("--task", required=True, choices=("organ", "tumor"))
@@ -254,6 +274,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=MINUTES, help="stop after this wall time, leaving a resumable model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last completed epoch")
     p.add_argument("--init-from", type=Path, help="fine-tune from this model folder (lr 5e-5, 40 epochs)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.add_argument(
+        "--case-selection", choices=("paper", "partial"),
+        help="paper: the paper's sets (all 13 organs / lesion cases), the default; partial: every case with a class labelled "
+        "(human or pseudo-label), marginal loss over the unlabelled classes",
+    )
+
+    p = _subcommand(sub, "pseudolabel", "teacher labels for the partially labelled and unlabelled cases of a cohort", _cmd_pseudolabel)
+    p.add_argument("--data", required=True, type=Path, help="cohort folder (imagesTr/, labelsTr/, unlabeled*/)")
+    p.add_argument("--out", required=True, type=Path, help="pseudo-label folder (labelsTr/, cases/, provenance.json); a rerun continues it")
+    p.add_argument("--organ-model", required=True, type=Path, help="teacher organ model folder")
+    p.add_argument("--tumor-model", type=Path, help="teacher tumour model folder (omit: no lesion pseudo-labels)")
+    p.add_argument("--min-confidence", type=_number(float, low=0, high=1), default=0.5, help="reject cases below this confidence (default 0.5)")
+    p.add_argument("--min-lesion-confidence", type=_number(float, low=0, high=1), default=0.9, help="keep teacher lesions only at or above this (default 0.9)")
+    p.add_argument("--mode", choices=("fast", "accurate", "paper"), default="fast", help="the teacher's inference mode (default fast)")
+    p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
     for name, help_text, func in (

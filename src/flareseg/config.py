@@ -230,6 +230,10 @@ def trained_mirror_axes(augment: AugmentConfig) -> tuple[int, ...]:
     return tuple(axis for axis, prob in ((0, augment.flip_x_prob), (1, augment.flip_y_prob)) if prob > 0)
 
 
+CASE_SELECTIONS = ("paper", "partial")
+"""Values of ``TrainConfig.case_selection``."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The training protocol (paper, tables 2 and 3).
@@ -248,6 +252,11 @@ class TrainConfig:
         val_every: validate on the held-out split every this many epochs.
         val_overlap: overlap of the sliding windows that segment the validation cases (0.5: nnU-Net's step 0.5).
         max_minutes: stop after this wall time (None: no limit); the checkpoint stays resumable.
+        case_selection: which cases train the model (:data:`CASE_SELECTIONS`). ``"paper"``: the paper's
+            sets (organ model: cases with all 13 organs; tumour model: cases with lesion labels), plain
+            Dice + CE. ``"partial"``: every case with at least one class of the task labelled (human or
+            pseudo-label), with the marginal loss over the classes a case leaves unlabelled
+            (:mod:`flareseg.training.loss`). Validation uses the paper's held-out cases in both.
 
     Raises:
         ConfigError: a count below 1, a NaN or infinite number, a learning rate <= 0, a fraction
@@ -270,6 +279,7 @@ class TrainConfig:
     val_overlap: float = 0.5
     seed: int = 0
     max_minutes: float | None = None
+    case_selection: str = "paper"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
@@ -286,6 +296,8 @@ class TrainConfig:
         _check_real("train.lr_floor", self.lr_floor, low=0.0)
         if self.max_minutes is not None:
             _check_real("train.max_minutes", self.max_minutes, low=0.0, open_low=True)
+        if self.case_selection not in CASE_SELECTIONS:
+            raise ConfigError(f"train.case_selection must be one of {', '.join(CASE_SELECTIONS)}, got {self.case_selection!r}")
         if not isinstance(self.augment, AugmentConfig):
             raise ConfigError(f"train.augment must be an AugmentConfig, got {type(self.augment).__name__}")
 

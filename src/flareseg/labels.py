@@ -109,6 +109,11 @@ class TaskLabels:
         """Final label ids that are foreground for this task (every channel but the background)."""
         return self.channel_labels[1:]
 
+    def labelled_channels(self, labelled_ids) -> tuple[bool, ...]:
+        """Per output channel, whether its class is among the FLARE ids `labelled_ids` (background always is)."""
+        ids = set(int(i) for i in labelled_ids)
+        return tuple(c == 0 or label in ids for c, label in enumerate(self.channel_labels))
+
     def target_lut(self) -> "np.ndarray":
         """(256,) uint8 lookup table from FLARE label ids to this task's channel indices.
 

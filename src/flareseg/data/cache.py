@@ -45,7 +45,8 @@ from flareseg.transforms.preprocessing import preprocess_case
 log = logging.getLogger(__name__)
 
 CACHE_DIRNAME = "cache"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
+"""Version of the cached arrays, part of the cache key (2: recursive anti-aliasing Gaussian)."""
 LOCATIONS_PER_CLASS = 5000
 """Voxel positions kept per label value (fewer when the label has fewer voxels)."""
 IMAGE_DTYPE = np.float16

@@ -5,6 +5,16 @@ case without a label file counts as unlabelled), plus any folder whose name star
 holding images only. The organ set is every case with all 13 organs labelled, the tumour set every
 case with lesion voxels (label 14); each is split 8:2 with a fixed seed. The foreground intensity
 fingerprint (DESIGN section 3) is computed from the training splits. No torch here.
+
+Partial labels: a class is *labelled* in a case when its label map holds it (FLARE's partial labels
+mark what was annotated). The manifest also holds the sets of ``case_selection="partial"``:
+``organ_partial`` trains on every case with at least one organ labelled, ``tumor_partial`` on every
+case with lesions labelled; both validate on the paper's held-out cases (the validation sets do not
+change, so the selections compare on the same cases). A pseudo-label folder
+(:mod:`flareseg.data.pseudo`, ``pseudo_labels=``) is another label source: an accepted case's
+training label becomes the pseudo-label file (its human labels plus the teacher's), and its
+``labelled`` classes are the human ones plus ``teacher_labels``. The regimes, the paper's sets and
+the fingerprint stay those of the human labels.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import numpy as np
 from tqdm import tqdm
 
 from flareseg.config import Fingerprint, to_dict
+from flareseg.data.pseudo import PseudoLabel, read_pseudo_labels
 from flareseg.errors import FlaresegError, InputError
 from flareseg.io import Volume, atomic_write_bytes, find_training_cases, orientation_code, read_image, read_label
 from flareseg.labels import LESION, ORGAN_IDS
@@ -33,12 +44,20 @@ VAL_FRACTION = 0.2
 
 @dataclass
 class CaseRecord:
-    """What `prepare` learnt about one case (a row of the manifest)."""
+    """What `prepare` learnt about one case (a row of the manifest).
+
+    ``label`` is the file training reads (the pseudo-label file when the case has one, else the
+    human label); ``labels_present`` and ``regime`` describe the human label (``human_label``);
+    ``labelled`` is every class labelled for training (human + ``teacher_labels``).
+    """
 
     case: str
     image: str
     label: str | None
     labels_present: list[int] = field(default_factory=list)
+    labelled: list[int] = field(default_factory=list)
+    teacher_labels: list[int] = field(default_factory=list)
+    human_label: str | None = None
     regime: str = "none"
     shape: list[int] | None = None
     spacing: list[float] | None = None
@@ -68,14 +87,40 @@ def _inspect_case(name: str, image_path: Path, label_path: Path | None) -> tuple
         if label_path is not None:
             label = read_label(label_path, image, reference_path=image_path)
             record.labels_present = sorted(int(v) for v in np.unique(label.array) if v != 0)
-            unknown = [v for v in record.labels_present if v > LESION]
-            if unknown:
-                raise InputError(f"{label_path}: label ids {unknown} are outside the FLARE schema (0-{LESION})")
+            _check_ids(label_path, record.labels_present)
+        record.labelled = list(record.labels_present)
+        record.human_label = record.label
         record.regime = regime_of(set(record.labels_present))
         return record, image, label
     except FlaresegError as exc:
         record.problem = str(exc)
         return record, None, None
+
+
+def _check_ids(path: Path, ids: list[int]) -> None:
+    unknown = [v for v in ids if v > LESION]
+    if unknown:
+        raise InputError(f"{path}: label ids {unknown} are outside the FLARE schema (0-{LESION})")
+
+
+def _apply_pseudo_label(record: CaseRecord, image: Volume, image_path: Path, pseudo: PseudoLabel) -> None:
+    """Make `pseudo`'s file the case's training label: check its grid and ids, record the labelled classes.
+
+    Raises:
+        GeometryError: the pseudo-label is not on the case image's grid (the message names both files).
+        InputError: label ids outside 0-14.
+    """
+    label = read_label(pseudo.label, image, reference_path=image_path)
+    _check_ids(pseudo.label, sorted(int(v) for v in np.unique(label.array) if v != 0))
+    record.label = str(pseudo.label.resolve())
+    record.teacher_labels = list(pseudo.teacher_classes)
+    record.labelled = sorted(set(record.labels_present) | set(pseudo.teacher_classes))
+
+
+def partial_split(records: list["CaseRecord"], ids: set[int], val: list[str]) -> dict[str, list[str]]:
+    """The ``case_selection="partial"`` set: every case labelling one of `ids`, except the cases of `val`, which it keeps."""
+    held_out = set(val)
+    return {"train": sorted(r.case for r in records if set(r.labelled) & ids and r.case not in held_out), "val": list(val)}
 
 
 def split_cases(names: list[str], *, seed: int, val_fraction: float = VAL_FRACTION) -> dict[str, list[str]]:
@@ -101,6 +146,9 @@ class PreparedCohort:
     organ: dict[str, list[str]]
     tumor: dict[str, list[str]]
     fingerprint: Fingerprint | None
+    organ_partial: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "val": []})
+    tumor_partial: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "val": []})
+    pseudo_labels: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(
@@ -111,6 +159,9 @@ class PreparedCohort:
                 "regime_counts": self.regime_counts(),
                 "organ": self.organ,
                 "tumor": self.tumor,
+                "organ_partial": self.organ_partial,
+                "tumor_partial": self.tumor_partial,
+                "pseudo_labels": self.pseudo_labels,
                 "problems": {c.case: c.problem for c in self.cases if c.problem},
                 "cases": [asdict(c) for c in self.cases],
             },
@@ -143,7 +194,12 @@ class PreparedCohort:
             f"{'training set':<34}{'train':>6}{'val':>6}",
             f"{'organ model (all 13 organs)':<34}{len(self.organ['train']):>6}{len(self.organ['val']):>6}",
             f"{'tumour model (lesions labelled)':<34}{len(self.tumor['train']):>6}{len(self.tumor['val']):>6}",
+            f"{'organ, partial (any organ)':<34}{len(self.organ_partial['train']):>6}{len(self.organ_partial['val']):>6}",
+            f"{'tumour, partial (+ pseudo)':<34}{len(self.tumor_partial['train']):>6}{len(self.tumor_partial['val']):>6}",
         ]
+        if self.pseudo_labels:
+            teacher = sum(1 for c in self.cases if c.teacher_labels)
+            lines.append(f"\npseudo-labels from {self.pseudo_labels}: {teacher} case(s) with teacher classes")
         if self.fingerprint:
             fp = self.fingerprint
             lines.append(
@@ -155,17 +211,27 @@ class PreparedCohort:
         return "\n".join(lines)
 
 
-def prepare_cohort(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, progress: bool = True) -> PreparedCohort:
+def prepare_cohort(
+    data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, progress: bool = True, pseudo_labels: str | Path | None = None
+) -> PreparedCohort:
     """Scan a FLARE-layout cohort, select and split the organ and tumour sets, write ``manifest.json``.
 
     A case that cannot be read, or whose label does not fit its image, is recorded with its problem
     and skipped; the others are prepared.
 
+    Args:
+        pseudo_labels: a folder written by ``flareseg pseudolabel`` for this cohort (see
+            :mod:`flareseg.data.pseudo`): its accepted cases train on their pseudo-label files.
+
     Raises:
-        InputError: the cohort folder is missing or not FLARE-layout.
+        InputError: the cohort folder is missing or not FLARE-layout; a bad pseudo-label folder (no
+            provenance, a case not in the cohort, a missing label file, ids outside 0-14).
+        GeometryError: a pseudo-label file not on its case image's grid.
+        On an error nothing is written.
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     found = find_training_cases(data_dir)
+    pseudo = read_pseudo_labels(pseudo_labels, {name for name, _, _ in found}) if pseudo_labels is not None else {}
     records: list[CaseRecord] = []
     samples: dict[str, np.ndarray] = {}
     for index, (name, image_path, label_path) in enumerate(tqdm(found, desc="prepare", unit="case", disable=not progress)):
@@ -173,17 +239,28 @@ def prepare_cohort(data_dir: str | Path, out_dir: str | Path, *, seed: int = 0, 
         records.append(record)
         if record.problem:
             log.warning("skipping %s: %s", name, record.problem)
-        elif image is not None and label is not None and record.labels_present:
+            continue
+        if image is not None and label is not None and record.labels_present:
             samples[name] = sample_foreground(image.array, label.array, seed=seed + index)
+        if name in pseudo and image is not None:
+            _apply_pseudo_label(record, image, image_path, pseudo[name])
+    unused = sorted(set(pseudo) - {r.case for r in records if r.problem is None})
+    if unused:
+        log.warning("pseudo-labels of case(s) %s not used: the case has a problem", unused[:5])
     good = [r for r in records if r.problem is None]
     organ = split_cases([r.case for r in good if r.regime == "full"], seed=seed)
     tumor = split_cases([r.case for r in good if LESION in r.labels_present], seed=seed)
+    organ_partial = partial_split(good, set(ORGAN_IDS), organ["val"])
+    tumor_partial = partial_split(good, {LESION}, tumor["val"])
     train_names = set(organ["train"]) | set(tumor["train"])
     pooled = [samples[n] for n in sorted(train_names) if n in samples]
     fingerprint = compute_fingerprint(np.concatenate(pooled)) if pooled else None
     if fingerprint is None:
         log.warning("no labelled training case: no intensity fingerprint")
-    cohort = PreparedCohort(str(data_dir.resolve()), seed, records, organ, tumor, fingerprint)
+    cohort = PreparedCohort(
+        str(data_dir.resolve()), seed, records, organ, tumor, fingerprint, organ_partial, tumor_partial,
+        str(Path(pseudo_labels).resolve()) if pseudo_labels is not None else None,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out_dir / MANIFEST_FILE, cohort.to_json().encode())
     return cohort

@@ -122,17 +122,26 @@ def predict_one(predictor: TwoStepPredictor, case: CaseInput, output_dir: Path, 
     with case_lock(output_dir, case.name) as mine:
         if not mine or (not overwrite and is_complete_volume(output)):
             return "skipped", None
-        try:
-            return "predicted", predictor.predict(case.path, output, case=case.name, progress=progress, on_stage=on_stage)
-        except MemoryError:
-            message = f"{case.path}: out of memory while predicting this case"
-        except (FlaresegError, OSError) as exc:
-            message = str(exc) if isinstance(exc, FlaresegError) else f"{output}: {exc.strerror or exc}"
-        except Exception as exc:  # an unexpected failure of one case is reported, the others go on
-            log.exception("%s: prediction failed", case.name)
-            message = f"{type(exc).__name__}: {exc}"
-        log.error("%s: %s", case.name, message)
-        return "failed", message
+        return guarded(case, output, lambda: predictor.predict(case.path, output, case=case.name, progress=progress, on_stage=on_stage))
+
+
+def guarded(case: CaseInput, output: Path, work):
+    """Run ``work()`` for one case of a folder run: ``("predicted", result)`` or ``("failed", message)``.
+
+    A library error, an OS error (full disk, permission), memory exhaustion or an unexpected
+    exception becomes a one-line message naming the file: one bad case never stops the others.
+    """
+    try:
+        return "predicted", work()
+    except MemoryError:
+        message = f"{case.path}: out of memory while predicting this case"
+    except (FlaresegError, OSError) as exc:
+        message = str(exc) if isinstance(exc, FlaresegError) else f"{output}: {exc.strerror or exc}"
+    except Exception as exc:  # an unexpected failure of one case is reported, the others go on
+        log.exception("%s: prediction failed", case.name)
+        message = f"{type(exc).__name__}: {exc}"
+    log.error("%s: %s", case.name, message)
+    return "failed", message
 
 
 def run_folder(

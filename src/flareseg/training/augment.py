@@ -41,6 +41,8 @@ IMAGE_KEY = "image"
 LABEL_KEY = "label"
 FG_INDICES_KEY = "fg_indices"
 BG_INDICES_KEY = "bg_indices"
+LABELLED_KEY = "labelled"
+"""A patch's (C,) bool labelled channels (not augmented; read by the loss)."""
 KEYS = (IMAGE_KEY, LABEL_KEY)
 
 

@@ -99,7 +99,6 @@ def resolve_model_config(
         ConfigError: unknown preset, task or setting, or a fine-tuning source of another task.
         InputError: the prepared cohort cannot be read.
     """
-    data = load_training_data(prepared_dir, task)
     if init_from is not None:
         base_model = read_model_config(init_from)
         if base_model.task != task:
@@ -108,10 +107,11 @@ def resolve_model_config(
         base = Preset(base_model.preset, base_model.network, base_model.preprocess, train)
         fingerprint = base_model.fingerprint
     else:
-        base, fingerprint = get_preset(preset, task), data.fingerprint
+        base, fingerprint = get_preset(preset, task), None
     chosen = apply_overrides(base, training_overrides(overrides))
     if epochs is not None:
         chosen = apply_overrides(chosen, {"train.epochs": epochs})
+    data = load_training_data(prepared_dir, task, chosen.train.case_selection)
     labels = task_labels(task)
     if chosen.network.out_channels != labels.num_channels:
         raise ConfigError(f"network.out_channels is {chosen.network.out_channels}; the {task} model needs {labels.num_channels}")
@@ -119,6 +119,7 @@ def resolve_model_config(
     summary = {
         "prepared": str(Path(prepared_dir).resolve()),
         "source": data.source,
+        "case_selection": chosen.train.case_selection,
         "n_train": len(data.train),
         "n_val": len(data.val),
         "train_cases": [c.name for c in data.train],
@@ -130,7 +131,7 @@ def resolve_model_config(
         preset=chosen.name,
         network=chosen.network,
         preprocess=chosen.preprocess,
-        fingerprint=fingerprint,
+        fingerprint=fingerprint or data.fingerprint,
         train=chosen.train,
         channel_labels=labels.channel_labels,
         data=summary,
@@ -159,10 +160,14 @@ def resume_config(out_dir: Path, epochs: int | None, overrides: Mapping[str, Any
 
 def resume_data(prepared_dir: str | os.PathLike, cfg: ModelConfig) -> TrainingData:
     """The prepared cohort's data with the resumed run's own split (the stored case names)."""
-    data = load_training_data(prepared_dir, cfg.task)
+    data = load_training_data(prepared_dir, cfg.task, cfg.train.case_selection)
     entries = {c.name: c for c in data.train + data.val}
     train_names, val_names = cfg.data.get("train_cases", []), cfg.data.get("val_cases", [])
     missing = [n for n in train_names + val_names if n not in entries]
     if missing:
         raise InputError(f"{prepared_dir}: the manifest lacks case(s) {missing[:5]} of the run being resumed")
-    return dataclasses.replace(data, train=[entries[n] for n in train_names], val=[entries[n] for n in val_names])
+    missing_labelled = [n for n in train_names if n not in data.labelled]
+    if missing_labelled:
+        raise InputError(f"{prepared_dir}: the manifest's split lacks training case(s) {missing_labelled[:5]} of the run being resumed")
+    labelled = {n: data.labelled[n] for n in train_names}
+    return dataclasses.replace(data, train=[entries[n] for n in train_names], val=[entries[n] for n in val_names], labelled=labelled)

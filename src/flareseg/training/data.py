@@ -3,6 +3,12 @@
 A task's targets come from the task table (:data:`flareseg.labels.TASK_TABLE`): FLARE ids are mapped
 to the task's channel indices by its lookup table, so lesion voxels are background for the organ
 model and every organ is background for the tumour model.
+
+The cases come from the manifest's split for ``TrainConfig.case_selection``: ``"paper"`` reads the
+split named after the task (``organ``, ``tumor``), ``"partial"`` the one named ``<task>_partial``.
+Each patch carries its case's labelled channels (``"labelled"``, (C,) bool) to the loss: all True
+for the paper's selection (plain Dice + CE), the case's labelled classes (manifest ``labelled``,
+human + pseudo-labels) for ``"partial"``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from flareseg.data.cohort import MANIFEST_FILE
 from flareseg.errors import InputError
 from flareseg.io import read_json
 from flareseg.labels import LESION_HOST_IDS
-from flareseg.training.augment import BG_INDICES_KEY, FG_INDICES_KEY, IMAGE_KEY, LABEL_KEY, build_augmentation, build_patch_sampler, pad_widths
+from flareseg.training.augment import BG_INDICES_KEY, FG_INDICES_KEY, IMAGE_KEY, LABEL_KEY, LABELLED_KEY, build_augmentation, build_patch_sampler, pad_widths
 
 FG_CENTRES_PER_CLASS = 64
 """Foreground centre candidates drawn per present class for one image (class-balanced sampling)."""
@@ -40,13 +46,24 @@ class TrainingData:
     fingerprint: Fingerprint
     train: list[SourceCase]
     val: list[SourceCase]
+    labelled: dict[str, tuple[bool, ...]]
+    """Per training case, whether each output channel of the task is labelled (all True: plain Dice + CE)."""
 
 
-def load_training_data(prepared_dir: str | os.PathLike, task: str) -> TrainingData:
+def split_key(task: str, selection: str) -> str:
+    """The manifest key of `task`'s split under case selection `selection` (``organ``, ``organ_partial``, ...)."""
+    return task if selection == "paper" else f"{task}_{selection}"
+
+
+def load_training_data(prepared_dir: str | os.PathLike, task: str, selection: str = "paper") -> TrainingData:
     """Read ``manifest.json`` of a prepared cohort (written by ``flareseg prepare``) for `task`.
 
+    Args:
+        selection: ``"paper"`` or ``"partial"`` (``TrainConfig.case_selection``).
+
     Raises:
-        InputError: no manifest, invalid JSON, no fingerprint, or no training case for `task`.
+        InputError: no manifest, invalid JSON, no fingerprint, no split for `selection` (a manifest
+            from before partial-label training), or no training case for `task`.
         ConfigError: an unknown task.
     """
     prepared_dir = Path(prepared_dir)
@@ -58,17 +75,30 @@ def load_training_data(prepared_dir: str | os.PathLike, task: str) -> TrainingDa
     if not manifest.get("fingerprint"):
         raise InputError(f"{path}: no intensity fingerprint (no labelled training case?)")
     fingerprint = from_dict(Fingerprint, manifest["fingerprint"])
-    split = manifest.get(task) or {}
+    key = split_key(task, selection)
+    if key not in manifest:
+        raise InputError(f"{path}: no {key!r} split (case selection {selection!r}); run `flareseg prepare` again")
+    split = manifest.get(key) or {}
     train_names, val_names = list(split.get("train", [])), list(split.get("val", []))
     if not train_names:
-        what = "all 13 organs labelled" if task == "organ" else "lesion labels"
+        if selection == "paper":
+            what = "all 13 organs labelled" if task == "organ" else "lesion labels"
+        else:
+            what = "an organ labelled" if task == "organ" else "lesion labels"
         raise InputError(f"{path}: no training case for the {task} model (no case with {what})")
     entries = manifest.get("cases", [])
     train, val = source_cases(entries, train_names), source_cases(entries, val_names)
     for case in train + val:
         if case.label is None:
             raise InputError(f"{path}: case {case.name} is in the {task} split but has no label file")
-    return TrainingData(prepared_dir, str(manifest.get("source", "")), fingerprint, train, val)
+    labels = task_labels(task)
+    by_name = {e.get("case"): e for e in entries}
+    labelled = {}
+    for case in train:
+        entry = by_name[case.name]
+        ids = entry.get("labelled", entry.get("labels_present", []))
+        labelled[case.name] = labels.labelled_channels(ids) if selection == "partial" else (True,) * labels.num_channels
+    return TrainingData(prepared_dir, str(manifest.get("source", "")), fingerprint, train, val, labelled)
 
 
 def default_workers(device: torch.device) -> int:
@@ -143,6 +173,7 @@ def sample_patches(
     augmentation: Any,
     pad_value: float,
     lut: np.ndarray | None = None,
+    labelled: Sequence[bool] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Draw ``cfg.samples_per_image`` augmented patches from one cached case.
 
@@ -155,10 +186,11 @@ def sample_patches(
             :func:`~flareseg.training.augment.build_augmentation`.
         pad_value: the normalised value of air, for cases smaller than the patch.
         lut: the task's FLARE-id -> channel lookup table (default: the task table's).
+        labelled: per channel, whether the case labels its class (default: all).
 
     Returns:
-        Dictionaries with ``"image"`` (1, *patch) float32 and ``"label"`` (1, *patch) uint8 task
-        class indices. A case smaller than the patch is padded (image with `pad_value`, label with
+        Dictionaries with ``"image"`` (1, *patch) float32, ``"label"`` (1, *patch) uint8 task
+        class indices and ``"labelled"`` (C,) bool. A case smaller than the patch is padded (image with `pad_value`, label with
         background).
 
     Raises:
@@ -166,7 +198,9 @@ def sample_patches(
     """
     if case.label is None:
         raise InputError(f"case {case.name} has no label: it cannot be used for training")
-    lut = task_labels(task).target_lut() if lut is None else lut
+    labels = task_labels(task)
+    lut = labels.target_lut() if lut is None else lut
+    mask = torch.tensor((True,) * labels.num_channels if labelled is None else tuple(labelled), dtype=torch.bool)
     image, label = case.image, case.label
     fg, bg = centre_candidates(case, task, rng, hard_negative_fraction=cfg.hard_negative_fraction)
     widths = pad_widths(image.shape, cfg.patch_size)
@@ -194,6 +228,7 @@ def sample_patches(
             {
                 IMAGE_KEY: torch.as_tensor(item[IMAGE_KEY]).as_subclass(torch.Tensor).float().contiguous(),
                 LABEL_KEY: torch.as_tensor(item[LABEL_KEY]).as_subclass(torch.Tensor).to(torch.uint8).contiguous(),
+                LABELLED_KEY: mask.clone(),
             }
         )
     return out
@@ -201,6 +236,9 @@ def sample_patches(
 
 class PatchStream(IterableDataset):
     """An endless stream of training patches for one epoch: random case, then its patches.
+
+    `labelled` maps a case to its labelled channels (:attr:`TrainingData.labelled`; a case not in it:
+    all labelled).
 
     The random state depends only on ``(seed, epoch, rank, worker id)``: the same epoch draws the same
     patches whether or not the run was interrupted before it.
@@ -220,10 +258,12 @@ class PatchStream(IterableDataset):
         epoch: int,
         rank: int = 0,
         pad_value: float,
+        labelled: dict[str, tuple[bool, ...]] | None = None,
     ) -> None:
         if not names:
             raise InputError("no training case to draw patches from")
         self.cache, self.names, self.task, self.cfg = cache, list(names), task, cfg
+        self.labelled = labelled or {}
         self.seed, self.epoch, self.rank, self.pad_value = seed, epoch, rank, pad_value
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -239,5 +279,6 @@ class PatchStream(IterableDataset):
             name = self.names[int(rng.integers(len(self.names)))]
             case = self.cache.load(name, mmap_mode="c")
             yield from sample_patches(
-                case, self.task, self.cfg, rng=rng, sampler=sampler, augmentation=augmentation, pad_value=self.pad_value, lut=lut
+                case, self.task, self.cfg, rng=rng, sampler=sampler, augmentation=augmentation, pad_value=self.pad_value, lut=lut,
+                labelled=self.labelled.get(name),
             )

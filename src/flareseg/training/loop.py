@@ -3,8 +3,9 @@
 Protocol (each a value of :class:`~flareseg.config.TrainConfig`): patches of ``patch_size`` from the
 preprocessed cases, ``samples_per_image`` per loaded image, a fraction ``pos_fraction`` centred on
 foreground (class-balanced, :mod:`flareseg.training.data`); the paper's augmentations
-(:mod:`flareseg.training.augment`); loss = soft Dice after softmax + cross-entropy (MONAI
-``DiceCELoss``) with the Dice over the foreground channels only and pooled over the batch (nnU-Net's
+(:mod:`flareseg.training.augment`); loss = soft Dice after softmax + cross-entropy
+(:mod:`flareseg.training.loss`: MONAI's ``DiceCELoss`` for fully labelled cases, the marginal loss
+over the classes a case leaves unlabelled with ``case_selection="partial"``) with the Dice over the foreground channels only and pooled over the batch (nnU-Net's
 ``do_bg=False``, ``batch_dice=True``: background Dice is near 1 and carries no signal, and a patch
 without lesion would otherwise give a meaningless per-sample Dice); Adam; the poly schedule
 (:mod:`flareseg.training.schedule`). An epoch is ``iterations_per_epoch`` optimiser steps of
@@ -54,7 +55,7 @@ from flareseg.io import remove_stale_temporaries
 from flareseg.labels import name_of
 from flareseg.model.folder import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, write_model_config
 from flareseg.model.network import build_network
-from flareseg.training.augment import IMAGE_KEY, LABEL_KEY
+from flareseg.training.augment import IMAGE_KEY, LABEL_KEY, LABELLED_KEY
 from flareseg.training.checkpoint import (
     CHECKPOINT_FILE,
     LOG_FILE,
@@ -190,6 +191,7 @@ class _Run:
     state: TrainingState
     rows: list[dict[str, Any]]
     train_names: list[str]
+    labelled: dict[str, tuple[bool, ...]]
     val_cases: list[CachedCase]
     workers: int
     started: float
@@ -242,6 +244,7 @@ def _setup(
         state=state,
         rows=rows,
         train_names=train_names,
+        labelled=data.labelled,
         val_cases=[cache.load(c.name) for c in data.val] if runtime.is_main else [],
         workers=default_workers(runtime.device) if num_workers is None else int(num_workers),
         started=started,
@@ -287,7 +290,8 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> dict[str, Any]:
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     stream = PatchStream(
-        run.cache, run.train_names, cfg.task, tcfg, seed=tcfg.seed, epoch=epoch, rank=runtime.rank, pad_value=cfg.inference.pad_value
+        run.cache, run.train_names, cfg.task, tcfg, seed=tcfg.seed, epoch=epoch, rank=runtime.rank, pad_value=cfg.inference.pad_value,
+        labelled=run.labelled,
     )
     loader = DataLoader(
         stream,
@@ -301,9 +305,10 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> dict[str, Any]:
     for _, batch in zip(range(tcfg.iterations_per_epoch), loader):
         image = batch[IMAGE_KEY].to(runtime.device, non_blocking=True)
         target = batch[LABEL_KEY].to(runtime.device, non_blocking=True).long()
+        labelled = batch[LABELLED_KEY].to(runtime.device, non_blocking=True)
         run.optimizer.zero_grad(set_to_none=True)
         with _autocast(runtime):
-            loss = compute_loss(run.loss_fn, run.network(image), target)
+            loss = compute_loss(run.loss_fn, run.network(image), target, labelled)
         value = float(loss.detach())  # the step's one device sync: checked, then logged
         if not math.isfinite(value):
             raise TrainingError(f"epoch {epoch}, step {len(losses) + 1}: the loss became {value} at lr {lr:.3g} (lower train.learning_rate?)")
