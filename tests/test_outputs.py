@@ -186,6 +186,7 @@ def test_cli_refuses_bad_organs_and_output_types_with_one_line(ct_file, tmp_path
     missing_model = tmp_path / "no_model"  # every refusal comes before the models are loaded
     cases = {
         "unknown organ": (["-o", tmp_path / "s.nii.gz", "--organs", "liver,livr"], "unknown organ 'livr'"),
+        "lesion without a tumour model": (["-o", tmp_path / "s.nii.gz", "--organs", "liver,lesion"], "no tumour model"),
         "suffix vs type": (["-o", tmp_path / "s.nii.gz", "--output-type", "nrrd"], "its suffix means output type nifti"),
         "unknown type": (["-o", tmp_path / "s.nii.gz", "--output-type", "png"], "unknown output type 'png'"),
         "SEG of a NIfTI": (["-o", tmp_path / "s.dcm"], "needs a DICOM series"),

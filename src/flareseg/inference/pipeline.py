@@ -23,6 +23,10 @@ One case goes through these stages (names as in ``PredictionReport.timings``):
 
 Merge and post-processing run on the network grid when both models share it (same preprocessing
 settings: the usual case), else on the input's grid after restoring each map.
+
+An organ subset (``config.organs``) keeps only the requested labels after the merge; without the lesion
+(14) among them the tumour model is neither preprocessed for nor run, and in ``fast`` mode the fine
+organ pass covers only the requested organs (plus the lesion hosts when lesions are asked for).
 """
 
 from __future__ import annotations
@@ -135,10 +139,10 @@ class TwoStepPredictor:
         start = time.perf_counter()
         self.device = resolve_device(device)
         self.config = config if config is not None else InferenceConfig()
+        if tumor_model is None and self.config.organs is not None and LESION in self.config.organs:
+            raise ConfigError("inference.organs asks for the lesions, but no tumour model was given")
         self.organ = _as_predictor(organ_model, self.device, "organ")
         self.tumor = None if tumor_model is None else _as_predictor(tumor_model, self.device, "tumor")
-        if self.tumor is None and self.config.organs is not None and LESION in self.config.organs:
-            raise ConfigError("inference.organs asks for the lesions, but no tumour model was given")
         self.load_seconds = time.perf_counter() - start
 
     def __repr__(self) -> str:
