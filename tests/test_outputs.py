@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from flareseg.errors import ConfigError, InputError
 from flareseg.inference import InferenceConfig, TwoStepPredictor, run_folder
 from flareseg.inference.config import parse_label_selection
+from flareseg.inference.folder import plan_folder
 from flareseg.io import read_image, read_label, write_volume
 from flareseg.io.output import check_output_file, output_type_of
 from flareseg.labels import LESION, LIVER, RIGHT_KIDNEY
@@ -139,6 +140,8 @@ def test_a_folder_run_writes_one_dicom_seg_per_series(real_data, tmp_path):
     edited_dicom_copy(real_data, inputs / "ct3_flipped", lambda ds: setattr(ds, "PixelData", ds.pixel_array[::-1].tobytes()))
     edited_dicom_copy(real_data, inputs / "anonymised", lambda ds: setattr(ds, "StudyInstanceUID", ""))
     write_volume(phantom_ct()[0], inputs / "volume_0000.nii.gz")
+    plan = plan_folder(inputs, tmp_path / "out", output_type="dicom-seg")  # decided before any model runs
+    assert [c.name for c in plan.todo] == ["ct3", "ct3_flipped"] and sorted(plan.failed) == ["anonymised", "volume"]
     predictor = TwoStepPredictor(organ_thresholds(), tumor_thresholds(), config=FAST)
     batch = run_folder(predictor, inputs, tmp_path / "out", progress=False, output_type="dicom-seg")
     assert sorted(r.case for r in batch.predicted) == ["ct3", "ct3_flipped"]

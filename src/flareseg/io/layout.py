@@ -86,10 +86,11 @@ class CaseInput:
 
     @property
     def output_name(self) -> str:
-        return label_file_name(self.name)
+        """The default (NIfTI) output file name, ``<case>.nii.gz``."""
+        return self.output_name_with(LABEL_SUFFIX)
 
     def output_name_with(self, suffix: str) -> str:
-        """The output file name for an output type's `suffix`: ``<case><suffix>``."""
+        """The output file name for an output type's `suffix` (``.nrrd``, ``.dcm``, ...): ``<case><suffix>``."""
         return self.name + suffix
 
 
