@@ -111,6 +111,40 @@ def test_overlay_without_reference_and_with_bad_shapes(tmp_path):
     assert not (tmp_path / "bad.png").exists()
 
 
+def test_sagittal_view_shows_anterior_on_the_left_and_superior_at_the_top(tmp_path):
+    image, _ = _lps_phantom()
+    label = np.zeros(image.shape, dtype=np.uint8)
+    label[20:40, 2:15, 20:28] = 9  # gallbladder: anterior (low J in LPS), superior (high K)
+    label[20:40, 35:48, 2:8] = 3  # spleen: posterior, inferior
+    rgb = _read_rgb(overlay_figure(image, None, label, tmp_path / "sag.png", title="sagittal", views=("sagittal",)))
+    front, back = _pixels_of(rgb, _blended(9)), _pixels_of(rgb, _blended(3))
+    assert len(front) > 500 and len(back) > 500
+    assert front[:, 1].mean() < back[:, 1].mean()  # anterior on the left
+    assert front[:, 0].mean() < back[:, 0].mean()  # superior at the top
+    with pytest.raises(ValueError, match="views must be some of axial, coronal, sagittal"):
+        overlay_figure(image, None, label, tmp_path / "bad.png", title="bad", views=("oblique",))
+
+
+def test_the_preview_has_axial_coronal_and_sagittal_rows(tmp_path, monkeypatch):
+    from flareseg.outputs import write_case_outputs
+
+    titles = []
+    real_save = report_module.save_figure
+
+    def capture(fig, path, **kwargs):
+        titles.extend(ax.get_title().split(",")[0] for ax in fig.axes)
+        return real_save(fig, path, **kwargs)
+
+    monkeypatch.setattr(report_module, "save_figure", capture)
+    image, label = _lps_phantom()
+    from flareseg.io import write_volume
+
+    write_volume(image.with_array(label), tmp_path / "seg.nrrd")
+    written = write_case_outputs(image, tmp_path / "seg.nrrd", preview=True)
+    assert [p.name for p in written] == ["seg_preview.png"]
+    assert titles == ["CT: axial", "Prediction: axial", "CT: coronal", "Prediction: coronal", "CT: sagittal", "Prediction: sagittal"]
+
+
 def _reorient(volume: Volume, code: str) -> Volume:
     return Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), code))
 
@@ -118,10 +152,11 @@ def _reorient(volume: Volume, code: str) -> Volume:
 @pytest.mark.parametrize("code", ["PLI", "RAS", "ASL", "LPI"])
 def test_overlay_is_the_same_in_every_orientation(tmp_path, code):
     image, label = phantom_ct(shape=(40, 36, 30), spacing=(2.0, 1.5, 3.0))
-    lps = overlay_figure(image, label.array, label.array, tmp_path / "lps.png", title="phantom", dsc=0.5)
+    views = ("axial", "coronal", "sagittal")
+    lps = overlay_figure(image, label.array, label.array, tmp_path / "lps.png", title="phantom", dsc=0.5, views=views)
     other_image, other_label = _reorient(image, code), _reorient(label, code)
     assert not np.array_equal(other_image.array, image.array)  # the voxel order really differs
-    other = overlay_figure(other_image, other_label.array, other_label.array, tmp_path / f"{code}.png", title="phantom", dsc=0.5)
+    other = overlay_figure(other_image, other_label.array, other_label.array, tmp_path / f"{code}.png", title="phantom", dsc=0.5, views=views)
     assert np.array_equal(_read_rgb(lps), _read_rgb(other))
 
 

@@ -96,6 +96,8 @@ def _inference_config(args: argparse.Namespace):
     overrides = {}
     if args.step is not None:
         overrides["step"] = args.step
+    if args.organs is not None:
+        overrides["organs"] = args.organs
     return InferenceConfig.for_mode(args.mode, **overrides)
 
 
@@ -109,21 +111,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     # Every path is checked before the models load: a bad output must not cost a prediction.
     folder_run = args.input.is_dir() and not is_single_series(args.input)
     part = parse_part(args.part) if args.part else None
+    config = _inference_config(args)  # an unknown organ name is refused here
     if folder_run:
-        plan_folder(args.input, args.output, overwrite=args.overwrite, part=part)
+        plan_folder(args.input, args.output, overwrite=args.overwrite, part=part, output_type=args.output_type)
     else:
         if part is not None:
             raise FlaresegError("--part needs a folder of cases as input")
         if not args.input.exists():
             raise FlaresegError(f"{args.input}: no such file or folder")
-        check_output_file(args.output, source=args.input)
+        check_output_file(args.output, source=args.input, output_type=args.output_type)
         if not args.overwrite and is_complete_volume(args.output):
             print(f"{args.output} exists; skipped (use --overwrite to replace it)")
             return 0
-    predictor = TwoStepPredictor(args.organ_model, args.tumor_model, config=_inference_config(args), device=args.device)
+    predictor = TwoStepPredictor(args.organ_model, args.tumor_model, config=config, device=args.device)
     extras = {"statistics": args.statistics, "preview": args.preview, "label_tables": args.label_tables}
     if folder_run:
-        report = run_folder(predictor, args.input, args.output, overwrite=args.overwrite, progress=not args.quiet, part=part)
+        report = run_folder(predictor, args.input, args.output, overwrite=args.overwrite, progress=not args.quiet, part=part, output_type=args.output_type)
         for case in report.predicted:
             write_case_outputs(case.input, case.output, **extras)
         print(report.summary())
@@ -210,6 +213,7 @@ EXAMPLES = {
     "predict": (
         "flareseg predict -i ct.nii.gz -o ct_seg.nii.gz --organ-model models/organ --tumor-model models/tumor\n"
         "  flareseg predict -i dicom_series/ -o seg.nii.gz --organ-model models/organ --mode accurate\n"
+        "  flareseg predict -i dicom_series/ -o seg.dcm --organ-model models/organ --organs liver,spleen\n"
         "  flareseg predict -i imagesTs/ -o predictions/ --organ-model models/organ --tumor-model models/tumor --part 0/4"
     ),
     "pseudolabel": (
@@ -299,11 +303,12 @@ def build_parser() -> argparse.ArgumentParser:
         p = _subcommand(sub, name, help_text, func)
         p.add_argument("-i", "--input", required=True, type=Path, help="CT file, DICOM series folder, or folder of <case>_0000.nii.gz")
         if name == "predict":
-            p.add_argument("-o", "--output", required=True, type=Path, help="label file (.nii.gz, .nii, .nrrd, .mha), or output folder for a folder input")
+            p.add_argument("-o", "--output", required=True, type=Path, help="label file (.nii.gz, .nii, .nrrd, .mha; .dcm: DICOM SEG of a DICOM series input), or output folder for a folder input")
+            p.add_argument("--output-type", metavar="TYPE", help="nifti, nrrd, mha or dicom-seg (one SEG per DICOM series): a folder run's format; for a file it must agree with the suffix (default: the suffix; folders: nifti)")
             p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
             p.add_argument("--part", metavar="I/N", help="folder input: predict only shard I (0-based) of N, chosen by case name (Slurm arrays)")
             p.add_argument("--statistics", action="store_true", help="write <output>_statistics.json/.csv: organ volumes and HU, lesions, burden per organ")
-            p.add_argument("--preview", action="store_true", help="write <output>_preview.png: the labels over the CT, axial and coronal")
+            p.add_argument("--preview", action="store_true", help="write <output>_preview.png: the labels over the CT, axial, coronal and sagittal")
             p.add_argument("--label-tables", action="store_true", help="write 3D Slicer (.ctbl) and ITK-SNAP label tables beside the output")
         else:
             p.add_argument("--out", required=True, type=Path, help="output folder (predictions/, efficiency.md/json, memory_curves.png)")
@@ -311,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--tumor-model", type=Path, help="tumour model folder, flareseg or nnU-Net v2 (omit: organs only)")
         p.add_argument("--mode", choices=("fast", "accurate", "paper"), default="fast", help="fast (default), accurate, or the paper's procedure")
         p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's)")
+        p.add_argument("--organs", metavar="LIST", help="write only these labels, names or ids: liver,spleen,... (lesion: the lesions); "
+                       "fast mode then runs the fine organ pass around them only, and the tumour model only for lesion")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
 
     p = _subcommand(sub, "demo", "the whole mission end to end on a synthetic cohort", _cmd_demo)

@@ -54,6 +54,27 @@ ALL_FOREGROUND_IDS: tuple[int, ...] = ORGAN_IDS + (LESION,)
 BY_ID: dict[int, LabelClass] = {c.id: c for c in LABELS}
 BY_NAME: dict[str, LabelClass] = {c.name: c for c in LABELS}
 
+
+def key_of(label_id: int) -> str:
+    """The command-line name of a class: its name with underscores ('right kidney' -> 'right_kidney')."""
+    return BY_ID[label_id].name.replace(" ", "_")
+
+
+def find_label(token: str | int) -> LabelClass | None:
+    """The foreground class named by `token`, or None.
+
+    `token` is an id (1-14, as int or digits), a name in any case with spaces, underscores or hyphens
+    ('right kidney', 'Right_Kidney', 'right-kidney'), or a short name ('RK', 'ivc'). Background is not
+    a class one can ask for.
+    """
+    text = str(token).strip()
+    if text.isdigit():
+        found = BY_ID.get(int(text))
+    else:
+        key = text.lower().replace("-", " ").replace("_", " ")
+        found = next((c for c in LABELS if key in (c.name, c.short.lower())), None)
+    return None if found is None or found.id == 0 else found
+
 LIVER, RIGHT_KIDNEY, SPLEEN, PANCREAS, AORTA, IVC = 1, 2, 3, 4, 5, 6
 RIGHT_ADRENAL, LEFT_ADRENAL, GALLBLADDER, ESOPHAGUS, STOMACH, DUODENUM, LEFT_KIDNEY = 7, 8, 9, 10, 11, 12, 13
 

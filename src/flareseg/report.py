@@ -4,7 +4,8 @@ report of tables and figures.
 Overlays are drawn from the canonical LPS orientation (:func:`flareseg.transforms.preprocessing.to_canonical`), so
 every input orientation displays the same way: axial slices in radiological convention (seen from the
 feet: the patient's right on the left of the image, anterior at the top), coronal slices seen from the
-front (the patient's right on the left, superior at the top), with the true physical aspect ratio.
+front (the patient's right on the left, superior at the top), sagittal slices seen from the patient's
+right (anterior on the left, superior at the top), with the true physical aspect ratio.
 
 No torch here; matplotlib is used through its object API (no pyplot, no global state), so figures can
 be drawn from any thread or process.
@@ -109,10 +110,11 @@ def overlay_figure(
     score_name: str = "mean organ DSC of the case",
     window: tuple[float, float] = CT_WINDOW,
     alpha: float = OVERLAY_ALPHA,
+    views: Sequence[str] = ("axial", "coronal"),
 ) -> Path:
     """Draw the reference and the prediction over the CT, side by side, and save a PNG.
 
-    Rows: the axial and the coronal slice with the most reference foreground (prediction foreground
+    Rows: one per view of `views` (``axial``, ``coronal``, ``sagittal``), each the slice with the most reference foreground (prediction foreground
     when there is no reference or it is empty; the middle slice when both are empty). Columns: the
     reference and the prediction (the plain CT and the prediction when `reference` is None). Labels in
     the schema's colours (:func:`flareseg.labels.colormap`), a legend of the labels present, and
@@ -130,6 +132,7 @@ def overlay_figure(
             case's DSC; pass e.g. "lesion DSC" for another score).
         window: CT display window (width, level) in HU.
         alpha: label opacity.
+        views: the rows, top to bottom (the preview of ``flareseg predict --preview`` shows all three).
 
     Returns:
         `path`.
@@ -140,6 +143,9 @@ def overlay_figure(
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
+    unknown = [v for v in views if v not in ("axial", "coronal", "sagittal")]
+    if unknown or not views:
+        raise ValueError(f"views must be some of axial, coronal, sagittal; got {tuple(views)!r}")
     from flareseg.transforms.preprocessing import to_canonical
 
     if prediction is None:
@@ -154,6 +160,7 @@ def overlay_figure(
     focus = ref_c > 0 if ref_c is not None and ref_c.any() else pred_c > 0
     k = _busiest(focus, axis=2)
     j = _busiest(focus, axis=1)
+    i = _busiest(focus, axis=0)
     si, sj, sk = ct.spacing
     ni, nj, nk = ct.shape
 
@@ -163,10 +170,15 @@ def overlay_figure(
     def coronal(a: np.ndarray) -> np.ndarray:  # rows: superior to inferior; columns: patient right to left
         return a[:, j, :].T[::-1]
 
-    rows = [
-        ("axial", f"slice {k + 1}/{nk}", axial, (ni * si, nj * sj), ("R", "L", "A", "P")),
-        ("coronal", f"slice {j + 1}/{nj}", coronal, (ni * si, nk * sk), ("R", "L", "S", "I")),
-    ]
+    def sagittal(a: np.ndarray) -> np.ndarray:  # rows: superior to inferior; columns: anterior to posterior
+        return a[i, :, :].T[::-1]
+
+    all_rows = {
+        "axial": ("axial", f"slice {k + 1}/{nk}", axial, (ni * si, nj * sj), ("R", "L", "A", "P")),
+        "coronal": ("coronal", f"slice {j + 1}/{nj}", coronal, (ni * si, nk * sk), ("R", "L", "S", "I")),
+        "sagittal": ("sagittal", f"slice {i + 1}/{ni}", sagittal, (nj * sj, nk * sk), ("A", "P", "S", "I")),
+    }
+    rows = [all_rows[v] for v in views]
     score = "" if dsc is None or not math.isfinite(dsc) else f"{score_name} {dsc:.3f}"
     columns = [("Reference", ref_c), ("Prediction", pred_c)]
     if ref_c is None:
@@ -180,7 +192,7 @@ def overlay_figure(
     FigureCanvasAgg(fig)
     # Row heights follow the physical aspect of each view, so a thin slab's coronal strip takes little room.
     ratios = [max(h / w, 0.12) for (_, _, _, (w, h), _) in rows]
-    axes = fig.subplots(2, 2, squeeze=False, gridspec_kw={"height_ratios": ratios})
+    axes = fig.subplots(len(rows), 2, squeeze=False, gridspec_kw={"height_ratios": ratios})
     for r, (view, where, cut, (width_mm, height_mm), marks) in enumerate(rows):
         for c, (name, labels) in enumerate(columns):
             ax = axes[r][c]

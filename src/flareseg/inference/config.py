@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from flareseg.config import apply_overrides, to_dict
 from flareseg.errors import ConfigError
+from flareseg.labels import ALL_FOREGROUND_IDS, find_label, key_of
 from flareseg.model.sliding_window import PRECISIONS, mirror_combinations
 from flareseg.transforms.postprocess import DEFAULT as DEFAULT_POSTPROCESS
 from flareseg.transforms.postprocess import OFF as NO_POSTPROCESS
@@ -44,6 +46,10 @@ class InferenceConfig:
         precision: 'auto' (fp32 on CPU, fp16 autocast on CUDA), 'fp32', 'fp16' or 'bf16'.
         tile_batch_size: tiles per network call (raise on a GPU).
         postprocess: post-processing applied to the organ map and to the lesion map before the merge.
+        organs: the label ids to write (organs 1-13, lesion 14), or None for all. Given as names or ids
+            (:func:`parse_label_selection`), stored as sorted ids. Other labels are written as 0; the
+            tumour model runs only when 14 is asked for, and in ``roi`` mode the fine organ pass covers
+            only the requested organs (plus the lesion hosts when 14 is asked for).
     """
 
     mode: str = "fast"
@@ -60,8 +66,11 @@ class InferenceConfig:
     precision: str = "auto"
     tile_batch_size: int = 1
     postprocess: PostprocessConfig = DEFAULT_POSTPROCESS
+    organs: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.organs is not None:
+            object.__setattr__(self, "organs", parse_label_selection(self.organs))
         for name in ("step", "roi_step"):
             value = getattr(self, name)
             if not MIN_STEP <= value <= 1:  # NaN fails too
@@ -118,3 +127,27 @@ class InferenceConfig:
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
 
+
+
+def parse_label_selection(selection: str | int | Iterable[str | int]) -> tuple[int, ...]:
+    """Label ids from names or ids: ``"liver,spleen"``, ``["liver", 3]``, ``"1,14"`` -> sorted unique ids.
+
+    Names follow :func:`flareseg.labels.find_label` (any case; spaces, underscores or hyphens; short
+    names such as ``RK``); ``lesion`` (14) asks for the lesions.
+
+    Raises:
+        ConfigError: an unknown name or id (the message lists the valid names), or an empty selection.
+    """
+    tokens = selection.split(",") if isinstance(selection, str) else [selection] if isinstance(selection, int) else list(selection)
+    tokens = [t.strip() if isinstance(t, str) else t for t in tokens]
+    tokens = [t for t in tokens if t != ""]
+    valid = ", ".join(key_of(i) for i in ALL_FOREGROUND_IDS)
+    if not tokens:
+        raise ConfigError(f"inference.organs is empty; name at least one of: {valid} (or ids 1-14)")
+    ids = set()
+    for token in tokens:
+        found = find_label(token)
+        if found is None:
+            raise ConfigError(f"unknown organ {token!r} in inference.organs; valid names: {valid} (or ids 1-14)")
+        ids.add(found.id)
+    return tuple(sorted(ids))

@@ -19,7 +19,7 @@ from flareseg.inference.config import InferenceConfig
 from flareseg.inference.pipeline import TwoStepPredictor
 from flareseg.inference.reports import BatchReport
 from flareseg.io import CaseInput, find_cases
-from flareseg.io.output import check_output_folder, is_complete_volume
+from flareseg.io.output import DICOM_SEG, OUTPUT_TYPES, check_dicom_seg_source, check_output_folder, check_output_type, is_complete_volume
 from flareseg.model.predictor import ModelPredictor
 
 log = logging.getLogger(__name__)
@@ -50,42 +50,61 @@ def in_part(name: str, part: tuple[int, int] | None) -> bool:
 
 @dataclass
 class FolderPlan:
-    """The cases of a folder run: to predict, already done, or refused before any work."""
+    """The cases of a folder run: to predict, already done, or refused before any work; `suffix` names the outputs' type."""
 
     todo: list[CaseInput] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    suffix: str = OUTPUT_TYPES["nifti"][0]
 
 
 def plan_folder(
-    input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, overwrite: bool = False, part: tuple[int, int] | None = None
+    input_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    part: tuple[int, int] | None = None,
+    output_type: str | None = None,
 ) -> FolderPlan:
     """Which cases of `input_dir` a run into `output_dir` must predict.
 
-    A case is done when its output exists and is whole (:func:`~flareseg.io.output.is_complete_volume`:
-    an empty or truncated file is redone). Two inputs with the same output name are both refused.
+    Each case's output is ``<case>`` plus the first suffix of `output_type` (:data:`~flareseg.io.output.OUTPUT_TYPES`;
+    default ``nifti``: ``<case>.nii.gz``; ``dicom-seg``: ``<case>.dcm``, one SEG per DICOM series). A
+    case is done when its output exists and is whole (:func:`~flareseg.io.output.is_complete_volume`:
+    an empty or truncated file is redone). Refused before any work, and reported while the others go
+    on: two inputs with the same output name, and for ``dicom-seg`` a case that is not a DICOM series
+    or whose slices lack their UIDs.
 
     Raises:
         InputError: the input folder is missing or holds no case; the output folder is the input, a file,
-            or not writable.
+            or not writable; an unknown `output_type`.
     """
     input_dir, output_dir = Path(input_dir), Path(output_dir)
+    check_output_type(output_type)
     cases = find_cases(input_dir)
     check_output_folder(output_dir, source=input_dir)
-    plan = FolderPlan()
+    plan = FolderPlan(suffix=OUTPUT_TYPES[output_type or "nifti"][0])
     seen: dict[str, CaseInput] = {}
     for c in cases:
         if not in_part(c.name, part):
             continue
+        output = output_dir / c.output_name_with(plan.suffix)
         if c.name in seen:
-            plan.failed[c.path.name] = f"{c.path}: its output name {c.output_name} clashes with {seen[c.name].path.name}"
+            plan.failed[c.path.name] = f"{c.path}: its output name {output.name} clashes with {seen[c.name].path.name}"
             log.error("%s", plan.failed[c.path.name])
             continue
         seen[c.name] = c
-        if not overwrite and is_complete_volume(output_dir / c.output_name):
+        if output_type == DICOM_SEG:
+            try:
+                check_dicom_seg_source(c.path, output)
+            except FlaresegError as exc:
+                plan.failed[c.name] = str(exc)
+                log.error("%s: %s", c.name, exc)
+                continue
+        if not overwrite and is_complete_volume(output):
             plan.skipped.append(c.name)
         else:
-            todo_output = output_dir / c.output_name
+            todo_output = output
             if todo_output.exists() and not overwrite:
                 log.warning("%s: incomplete or unreadable; it is predicted again", todo_output)
             plan.todo.append(c)
@@ -111,14 +130,17 @@ def case_lock(output_dir: Path, name: str) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def predict_one(predictor: TwoStepPredictor, case: CaseInput, output_dir: Path, *, overwrite: bool, progress: bool = False, on_stage=None):
-    """Predict one case of a folder run under its lock.
+def predict_one(
+    predictor: TwoStepPredictor, case: CaseInput, output_dir: Path, *, overwrite: bool, progress: bool = False, on_stage=None,
+    suffix: str = OUTPUT_TYPES["nifti"][0],
+):
+    """Predict one case of a folder run under its lock, into ``output_dir / (case.name + suffix)``.
 
     Returns:
         ``("predicted", report)``, ``("skipped", None)`` when another run holds or has finished the
         case, or ``("failed", message)``: one bad case never stops the others.
     """
-    output = output_dir / case.output_name
+    output = output_dir / case.output_name_with(suffix)
     with case_lock(output_dir, case.name) as mine:
         if not mine or (not overwrite and is_complete_volume(output)):
             return "skipped", None
@@ -152,11 +174,12 @@ def run_folder(
     overwrite: bool = False,
     progress: bool = True,
     part: tuple[int, int] | None = None,
+    output_type: str | None = None,
 ) -> BatchReport:
     """Predict every case of `input_dir` into `output_dir` with a loaded `predictor` (see :func:`predict_folder`)."""
     start = time.perf_counter()
     output_dir = Path(output_dir)
-    plan = plan_folder(input_dir, output_dir, overwrite=overwrite, part=part)
+    plan = plan_folder(input_dir, output_dir, overwrite=overwrite, part=part, output_type=output_type)
     batch = BatchReport(str(input_dir), str(output_dir), skipped=plan.skipped, failed=plan.failed)
     output_dir.mkdir(parents=True, exist_ok=True)
     bar = None
@@ -167,7 +190,7 @@ def run_folder(
     try:
         for c in plan.todo:
             on_stage = None if bar is None else (lambda stage, name=c.name: bar.set_postfix_str(f"{name}: {stage}"))
-            status, result = predict_one(predictor, c, output_dir, overwrite=overwrite, progress=progress, on_stage=on_stage)
+            status, result = predict_one(predictor, c, output_dir, overwrite=overwrite, progress=progress, on_stage=on_stage, suffix=plan.suffix)
             if status == "predicted":
                 batch.predicted.append(result)
             elif status == "skipped":
@@ -195,8 +218,12 @@ def predict_folder(
     overwrite: bool = False,
     progress: bool = True,
     part: tuple[int, int] | None = None,
+    output_type: str | None = None,
 ) -> BatchReport:
     """Predict every case of a folder (FLARE naming: ``<case>_0000.nii.gz`` in -> ``<case>.nii.gz`` out).
+
+    `output_type` (``nifti``, ``nrrd``, ``mha``, ``dicom-seg``; default ``nifti``) chooses the outputs'
+    format and suffix (:func:`plan_folder`): ``dicom-seg`` writes one SEG per DICOM series, ``<series folder>.dcm``.
 
     Cases whose output is whole are skipped unless `overwrite`, so an interrupted batch resumes where
     it stopped; an empty or truncated output is redone. Each output is written through a temporary
@@ -210,7 +237,7 @@ def predict_folder(
             a file, or not writable.
         ModelFolderError: a model folder is missing or invalid.
     """
-    plan_folder(input_dir, output_dir, overwrite=overwrite, part=part)  # refuse bad paths before loading models
+    plan_folder(input_dir, output_dir, overwrite=overwrite, part=part, output_type=output_type)  # refuse bad paths before loading models
     predictor = TwoStepPredictor(organ_model, tumor_model, config=config, device=device)
-    return run_folder(predictor, input_dir, output_dir, overwrite=overwrite, progress=progress, part=part)
+    return run_folder(predictor, input_dir, output_dir, overwrite=overwrite, progress=progress, part=part, output_type=output_type)
 

@@ -23,14 +23,19 @@ One case goes through these stages (names as in ``PredictionReport.timings``):
 
 Merge and post-processing run on the network grid when both models share it (same preprocessing
 settings: the usual case), else on the input's grid after restoring each map.
+
+An organ subset (``config.organs``) keeps only the requested labels after the merge; without the lesion
+(14) among them the tumour model is neither preprocessed for nor run, and in ``fast`` mode the fine
+organ pass covers only the requested organs (plus the lesion hosts when lesions are asked for).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -41,11 +46,11 @@ import torch
 from flareseg.errors import ConfigError
 from flareseg.inference.config import InferenceConfig
 from flareseg.inference.reports import PredictionReport, StageTimer
-from flareseg.io import Grid, Volume, case_name, read_image, remove_stale_temporaries, strip_image_suffix, write_label
+from flareseg.io import Grid, Volume, case_name, read_image, remove_stale_temporaries, strip_image_suffix
 from flareseg import __version__
-from flareseg.io.dicom_seg import write_dicom_seg
-from flareseg.io.output import DICOM_SEG_SUFFIX, check_output_file
-from flareseg.labels import LESION_HOST_IDS, ORGAN_IDS, TASK_TABLE
+from flareseg.io.output import check_output_file
+from flareseg.io.write import write_segmentation
+from flareseg.labels import LESION, LESION_HOST_IDS, ORGAN_IDS, TASK_TABLE
 from flareseg.model.device import resolve_device
 from flareseg.model.predictor import ModelPredictor, downsample
 from flareseg.transforms.merge import merge_labels
@@ -119,7 +124,8 @@ class TwoStepPredictor:
 
     Raises:
         ModelFolderError: a model folder is missing or invalid.
-        ConfigError: a model has the wrong number of output channels.
+        ConfigError: a model has the wrong number of output channels, or ``config.organs`` asks for
+            the lesions without a tumour model.
     """
 
     def __init__(
@@ -133,6 +139,8 @@ class TwoStepPredictor:
         start = time.perf_counter()
         self.device = resolve_device(device)
         self.config = config if config is not None else InferenceConfig()
+        if tumor_model is None and self.config.organs is not None and LESION in self.config.organs:
+            raise ConfigError("inference.organs asks for the lesions, but no tumour model was given")
         self.organ = _as_predictor(organ_model, self.device, "organ")
         self.tumor = None if tumor_model is None else _as_predictor(tumor_model, self.device, "tumor")
         self.load_seconds = time.perf_counter() - start
@@ -209,7 +217,9 @@ class TwoStepPredictor:
         report.network_shape = tuple(net.organ_image.shape)
         organ_label = self._predict_organs(net, report, timer, progress)
         tumor_label = None
-        if self.tumor is not None:
+        if self.tumor is not None and self._tumor_model() is None:
+            report.notes.append("no lesion among the requested labels: the tumour model was not run")
+        if self._tumor_model() is not None:
             with timer.stage("tumor"):
                 tumor_label = self._predict_lesions(net, organ_label, report, progress)
         label = self._assemble(organ_label, tumor_label, net, timer)
@@ -218,19 +228,32 @@ class TwoStepPredictor:
         if output_path is not None:
             with timer.stage("write"):
                 remove_stale_temporaries(output_path)
-                if output_path.name.lower().endswith(DICOM_SEG_SUFFIX):
-                    models = [str(m.folder) for m in (self.organ, self.tumor) if m is not None and m.folder is not None]
-                    write_dicom_seg(label, source, output_path, version=__version__, models=models)
-                else:
-                    write_label(label, net.organ_record.original, output_path)
+                models = [str(m.folder) for m in (self.organ, self._tumor_model()) if m is not None and m.folder is not None]
+                write_segmentation(label, net.organ_record.original, output_path, source=source, version=__version__, models=models)
         report.timings["total"] = time.perf_counter() - start
         log.info("%s", report.summary())
         return label, net.organ_record.original
 
     # ----------------------------------------------------------------------------------- stages
+    def _tumor_model(self) -> ModelPredictor | None:
+        """The tumour model, or None when there is none or the requested labels (config.organs) hold no lesion."""
+        organs = self.config.organs
+        return None if organs is not None and LESION not in organs else self.tumor
+
+    def _fine_organ_ids(self) -> tuple[int, ...]:
+        """The organs the fine organ pass must cover in ``roi`` mode: the requested ones, plus the
+        lesion hosts when lesions are asked for (the tumour pass runs around them)."""
+        organs = self.config.organs
+        if organs is None:
+            return ORGAN_IDS
+        wanted = set(organs) & set(ORGAN_IDS)
+        if self._tumor_model() is not None:
+            wanted |= set(LESION_HOST_IDS)
+        return tuple(sorted(wanted))
+
     def _preprocess(self, volume: Volume) -> NetworkInputs:
         """Each model's normalised network-grid image, shared when the two preprocessing settings match."""
-        organ, tumor = self.organ, self.tumor
+        organ, tumor = self.organ, self._tumor_model()
         pre_o = preprocess_case(volume, config=organ.preprocess_config, fingerprint=None)
         inputs = NetworkInputs(pre_o.record, organ.normalize(pre_o.image))
         if tumor is None:
@@ -263,7 +286,7 @@ class TwoStepPredictor:
                 )
                 # The fine pass must not lose what the weights find: an organ cut by a face of the
                 # coarse region of interest widens the region, and the region is predicted again.
-                grown = grow_where_touching(organ_box, label_box(label, ORGAN_IDS), margin, slab)
+                grown = grow_where_touching(organ_box, label_box(label, self._fine_organ_ids()), margin, slab)
                 if grown == organ_box or attempt == MAX_ROI_GROWTHS:
                     break
                 report.notes.append(f"organs touched the region of interest {organ_box}: widened to {grown}")
@@ -322,10 +345,10 @@ class TwoStepPredictor:
             coarse, step=cfg.roi_step, precision=cfg.precision, tile_batch_size=cfg.tile_batch_size,
             progress=progress, desc=f"{report.case}: roi",
         )
-        found = label_box(coarse_label, ORGAN_IDS)
+        found = label_box(coarse_label, self._fine_organ_ids())
         if found is None:
-            report.notes.append("the coarse pass found no organ: the whole volume is predicted")
-            log.warning("%s: the coarse pass found no organ; predicting the whole volume", report.case)
+            report.notes.append("the coarse pass found none of the organs sought: the whole volume is predicted")
+            log.warning("%s: the coarse pass found none of the organs sought; predicting the whole volume", report.case)
             return slab
         box = scale_box(found, coarse.shape, image.shape)
         box = expand_box(box, margin_voxels(cfg.roi_margin_mm, organ.spacing), image.shape)
@@ -357,12 +380,17 @@ class TwoStepPredictor:
         return None if is_empty(box) else box
 
     def _merge(self, organ_label: np.ndarray, tumor_label: np.ndarray | None, spacing: tuple[float, ...]) -> np.ndarray:
+        """Post-processing of each map, the merge, and last the requested labels (config.organs) alone."""
         cfg = self.config
         organs = postprocess(organ_label, spacing, cfg.postprocess) if cfg.postprocess.enabled else organ_label
         if tumor_label is None:
-            return organs.astype(np.uint8, copy=False)
-        lesions = postprocess(tumor_label, spacing, cfg.postprocess) if cfg.postprocess.enabled else tumor_label
-        return merge_labels(organs, lesions, host_ids=LESION_HOST_IDS if cfg.tumor_in_organs_only else None)
+            merged = organs.astype(np.uint8, copy=False)
+        else:
+            lesions = postprocess(tumor_label, spacing, cfg.postprocess) if cfg.postprocess.enabled else tumor_label
+            merged = merge_labels(organs, lesions, host_ids=LESION_HOST_IDS if cfg.tumor_in_organs_only else None)
+        if cfg.organs is not None:
+            merged = np.where(np.isin(merged, np.asarray(cfg.organs, dtype=merged.dtype)), merged, np.uint8(0)).astype(np.uint8, copy=False)
+        return merged
 
 
 # --------------------------------------------------------------------------------------- functions
@@ -408,6 +436,7 @@ def predict(
     tumor_model: str | os.PathLike | ModelPredictor | None = None,
     mode: str = "fast",
     config: InferenceConfig | None = None,
+    organs: str | Sequence[str | int] | None = None,
     device: str | torch.device = "cpu",
     progress: bool = False,
 ) -> Segmentation:
@@ -420,6 +449,8 @@ def predict(
             `tumor_model` None segments organs only.
         mode: ``"fast"`` (default), ``"accurate"`` or ``"paper"``; ignored when `config` is given.
         config: full inference settings (:meth:`InferenceConfig.for_mode` with overrides).
+        organs: write only these labels (names or ids, e.g. ``"liver,spleen"`` or ``["liver", "lesion"]``;
+            :attr:`InferenceConfig.organs`); None: every label, or `config`'s choice.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``.
 
     Returns:
@@ -429,11 +460,14 @@ def predict(
     Raises:
         InputError: unreadable input or not a CT (the message names the file).
         ModelFolderError: a model folder is missing or invalid.
-        ConfigError: an unknown mode or an invalid setting.
+        ConfigError: an unknown mode, organ name or an invalid setting.
     """
     if output is not None:
         output = check_output_file(output, source=None if isinstance(image, Volume) else image)
-    predictor = TwoStepPredictor(organ_model, tumor_model, config=config or InferenceConfig.for_mode(mode), device=device)
+    config = config or InferenceConfig.for_mode(mode)
+    if organs is not None:
+        config = dataclasses.replace(config, organs=organs)
+    predictor = TwoStepPredictor(organ_model, tumor_model, config=config, device=device)
     result = predictor.segment(image, output=output, progress=progress)
     result.report.timings["load"] = predictor.load_seconds
     return result

@@ -65,6 +65,53 @@ def _description(hd, number: int, label_id: int, algorithm):
     return description
 
 
+def dicom_seg_sources(series: str | os.PathLike, output: str | os.PathLike) -> list:
+    """The headers of `series`' slices (in :func:`flareseg.io.read_image`'s order) that a SEG written to
+    `output` references; checks first that a SEG can be written at all.
+
+    Raises:
+        InputError: highdicom or pydicom is missing, `series` is not a DICOM series folder, or a slice
+            lacks a UID the SEG must reference (the message names the slice and the UIDs).
+    """
+    _, pydicom = _libraries()
+    series = Path(series)
+    if not series.is_dir():
+        raise InputError(f"{output}: DICOM SEG output needs a DICOM series as input; {series} is a file")
+    sources = [_source(pydicom, f) for f in dicom_series_files(series)]
+    for ds in sources:
+        missing = [uid for uid in REQUIRED_UIDS if not getattr(ds, uid, None)]
+        if missing:
+            raise InputError(f"{series}: slice {Path(ds.filename).name} lacks {', '.join(missing)} (an anonymised export?): a DICOM SEG cannot reference it")
+    return sources
+
+
+def read_dicom_seg(path: str | os.PathLike, series: str | os.PathLike) -> np.ndarray:
+    """A SEG written by :func:`write_dicom_seg` read back as an (I, J, K) uint8 FLARE label map on `series`' grid.
+
+    Segments are identified by their label (the class names of :mod:`flareseg.labels`).
+
+    Raises:
+        InputError: the file is not a Segmentation of `series`, or a segment's label is not a FLARE class.
+    """
+    hd, pydicom = _libraries()
+    from flareseg.labels import BY_NAME
+
+    uids = [ds.SOPInstanceUID for ds in dicom_seg_sources(series, path)]
+    try:
+        seg = hd.seg.segread(path)
+        numbers = list(seg.get_segment_numbers())
+        pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=numbers, combine_segments=False)
+    except (OSError, ValueError, AttributeError, KeyError) as exc:
+        raise InputError(f"{path}: not a DICOM SEG of the series {series} ({type(exc).__name__}: {exc})") from None
+    out = np.zeros(pixels.shape[:3], np.uint8)
+    for k, number in enumerate(numbers):
+        name = seg.get_segment_description(number).segment_label
+        if name not in BY_NAME:
+            raise InputError(f"{path}: segment {number} is {name!r}, not a flareseg label")
+        out[pixels[..., k] > 0] = BY_NAME[name].id
+    return np.ascontiguousarray(out.transpose(2, 1, 0))
+
+
 def write_dicom_seg(
     label: np.ndarray, series: str | os.PathLike, output: str | os.PathLike, *, version: str, models: Sequence[str] = ()
 ) -> Path:
@@ -76,13 +123,7 @@ def write_dicom_seg(
     """
     hd, pydicom = _libraries()
     series, output = Path(series), Path(output)
-    if not series.is_dir():
-        raise InputError(f"{output}: DICOM SEG output needs a DICOM series as input; {series} is a file")
-    sources = [_source(pydicom, f) for f in dicom_series_files(series)]
-    for ds in sources:
-        missing = [uid for uid in REQUIRED_UIDS if not getattr(ds, uid, None)]
-        if missing:
-            raise InputError(f"{series}: slice {Path(ds.filename).name} lacks {', '.join(missing)} (an anonymised export?): a DICOM SEG cannot reference it")
+    sources = dicom_seg_sources(series, output)
     mask = np.ascontiguousarray(label.transpose(2, 1, 0))  # (slices, rows, columns), the series' order
     if mask.shape != (len(sources), int(sources[0].Rows), int(sources[0].Columns)):
         raise InputError(f"{output}: the label map {label.shape} does not fit the series {series} ({len(sources)} slices)")

@@ -20,8 +20,10 @@ IMAGE_CHANNEL_SUFFIX = "_0000"
 """nnU-Net's channel suffix of image file names: ``<case>_0000.nii.gz``."""
 LABEL_SUFFIX = ".nii.gz"
 """Labels and predictions are ``<case>.nii.gz``."""
-OUTPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-"""Volume formats flareseg writes (single files: an .mhd header would lose its separate .raw on a rename)."""
+VOLUME_OUTPUT_TYPES: dict[str, tuple[str, ...]] = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "mha": (".mha",)}
+"""Volume formats flareseg writes, by output type; the first suffix is the one a folder run writes.
+(Single files only: an .mhd header would lose its separate .raw on a rename.)"""
+OUTPUT_SUFFIXES = tuple(suffix for suffixes in VOLUME_OUTPUT_TYPES.values() for suffix in suffixes)
 
 
 def label_file_name(case: str) -> str:
@@ -84,7 +86,12 @@ class CaseInput:
 
     @property
     def output_name(self) -> str:
-        return label_file_name(self.name)
+        """The default (NIfTI) output file name, ``<case>.nii.gz``."""
+        return self.output_name_with(LABEL_SUFFIX)
+
+    def output_name_with(self, suffix: str) -> str:
+        """The output file name for an output type's `suffix` (``.nrrd``, ``.dcm``, ...): ``<case><suffix>``."""
+        return self.name + suffix
 
 
 def is_dicom_folder(folder: Path) -> bool:

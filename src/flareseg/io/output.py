@@ -14,10 +14,15 @@ import struct
 from pathlib import Path
 
 from flareseg.errors import InputError
-from flareseg.io.layout import OUTPUT_SUFFIXES
+from flareseg.io.layout import OUTPUT_SUFFIXES, VOLUME_OUTPUT_TYPES
 
 DICOM_SEG_SUFFIX = ".dcm"
 """An output path ending so is written as a DICOM SEG object (:mod:`flareseg.io.dicom_seg`)."""
+DICOM_SEG = "dicom-seg"
+SEGMENTATION_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
+"""DICOM's Segmentation Storage SOP class."""
+OUTPUT_TYPES: dict[str, tuple[str, ...]] = {**VOLUME_OUTPUT_TYPES, DICOM_SEG: (DICOM_SEG_SUFFIX,)}
+"""Output type -> the suffixes that name it; the first is the one a folder run writes."""
 
 _NIFTI_BYTES_PER_VOXEL = {2: 1, 4: 2, 8: 4, 16: 4, 64: 8, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8}
 """NIfTI-1 datatype code -> bytes per voxel (uint8, int16, int32, float32, float64, int8, uint16, uint32, int64, uint64)."""
@@ -49,29 +54,69 @@ def _check_writable_folder(folder: Path, output: Path) -> None:
         raise InputError(f"{output}: cannot write there: {probe} is not writable (read-only file system or permissions)")
 
 
-def check_output_file(output: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
-    """Check that a single label map can be written at `output`; returns it as a Path.
+def output_type_of(path: str | os.PathLike) -> str | None:
+    """The output type (a key of :data:`OUTPUT_TYPES`) that `path`'s suffix names, or None."""
+    name = Path(path).name.lower()
+    return next((kind for kind, suffixes in OUTPUT_TYPES.items() if name.endswith(suffixes)), None)
 
-    ``.dcm`` asks for a DICOM SEG, which needs a DICOM series `source`.
+
+def check_output_type(output_type: str | None) -> str | None:
+    """`output_type` itself when it is None or a known type.
 
     Raises:
-        InputError: `output` is the input, an existing folder, has no or an unknown volume suffix, is a
-            DICOM SEG for an input that is not a DICOM series, or lies under a file or a read-only folder.
+        InputError: an unknown output type (the message lists the known ones).
+    """
+    if output_type is not None and output_type not in OUTPUT_TYPES:
+        raise InputError(f"unknown output type {output_type!r}; choose one of {', '.join(OUTPUT_TYPES)}")
+    return output_type
+
+
+def check_dicom_seg_source(source: str | os.PathLike | None, output: Path) -> None:
+    """A DICOM SEG needs a DICOM series whose slices carry the UIDs it references, and highdicom.
+
+    Raises:
+        InputError: `source` is not a DICOM series folder (a file, a volume in memory), a slice lacks a
+            UID, or the ``dicom`` extra is not installed.
+    """
+    if source is None or not Path(source).is_dir():
+        raise InputError(f"{output}: a DICOM SEG output needs a DICOM series as input (it references the series' slices); write .nii.gz for {source or 'a volume'}")
+    from flareseg.io.dicom_seg import dicom_seg_sources
+
+    dicom_seg_sources(source, output)
+
+
+def check_output_file(output: str | os.PathLike, *, source: str | os.PathLike | None = None, output_type: str | None = None) -> Path:
+    """Check that a single label map can be written at `output`; returns it as a Path.
+
+    The output type is `output`'s suffix (:data:`OUTPUT_TYPES`); `output_type`, when given, must agree
+    with it. ``.dcm`` asks for a DICOM SEG, which needs a DICOM series `source` whose slices carry
+    their UIDs (checked here, before any work).
+
+    Raises:
+        InputError: `output` is the input, an existing folder, has no or an unknown suffix, a suffix
+            that names another type than `output_type`, is a DICOM SEG for an input that is not a
+            DICOM series or a series without its UIDs, or lies under a file or a read-only folder.
     """
     output = Path(output)
+    check_output_type(output_type)
     _refuse_input(output, None if source is None else Path(source))
     if output.is_dir():
         raise InputError(f"{output}: is an existing folder; for a single input give a file name such as {output / 'case.nii.gz'}")
-    name = output.name.lower()
-    if name.endswith(DICOM_SEG_SUFFIX):
-        if source is None or not Path(source).is_dir():
-            raise InputError(f"{output}: a DICOM SEG output needs a DICOM series as input (it references the series' slices); write .nii.gz for {source or 'a volume'}")
-    elif not name.endswith(OUTPUT_SUFFIXES):
+    kind = output_type_of(output)
+    if kind is None:
+        hint = f"; for output type {output_type} name it {output.name}{OUTPUT_TYPES[output_type][0]}" if output_type else ""
         raise InputError(
             f"{output}: unknown output type {output.suffix or '(no suffix)'!r}; the label map is written as one of "
-            f"{', '.join(OUTPUT_SUFFIXES)}, or {DICOM_SEG_SUFFIX} (DICOM SEG) for a DICOM series input"
+            f"{', '.join(OUTPUT_SUFFIXES)}, or {DICOM_SEG_SUFFIX} (DICOM SEG) for a DICOM series input{hint}"
+        )
+    if output_type is not None and kind != output_type:
+        raise InputError(
+            f"{output}: its suffix means output type {kind} but output type {output_type} was asked for; "
+            f"name it with {' or '.join(OUTPUT_TYPES[output_type])} or leave the output type to the suffix"
         )
     _check_writable_folder(output.parent, output)
+    if kind == DICOM_SEG:
+        check_dicom_seg_source(source, output)
     return output
 
 
@@ -118,6 +163,10 @@ def is_complete_volume(path: str | os.PathLike) -> bool:
             with open(path, "rb") as fh:
                 expected = _nifti1_total_bytes(fh.read(352))
             return expected is not None and size >= expected
+        if name.endswith(DICOM_SEG_SUFFIX):  # written atomically and verified: whole when it parses
+            import pydicom
+
+            return pydicom.dcmread(path).SOPClassUID == SEGMENTATION_SOP_CLASS
         import SimpleITK as sitk
 
         sitk.ReadImage(str(path))

@@ -12,6 +12,7 @@ import SimpleITK as sitk
 from flareseg.errors import GeometryError, InputError
 from flareseg.io.atomic import atomic_output
 from flareseg.io.layout import IMAGE_SUFFIXES
+from flareseg.io.output import DICOM_SEG, output_type_of
 from flareseg.io.volume import Grid, Volume
 
 def write_volume(volume: Volume, path: str | os.PathLike) -> Path:
@@ -59,3 +60,32 @@ def write_label(label: np.ndarray, grid: Grid | Volume, path: str | os.PathLike)
     if tuple(label.shape) != tuple(grid.shape):
         raise GeometryError(f"{path}: label shape {label.shape} differs from the reference image's {grid.shape}")
     return write_volume(Volume.on_grid(label.astype(np.uint8, copy=False), grid), path)
+
+
+def write_segmentation(
+    label: np.ndarray,
+    grid: Grid | Volume,
+    path: str | os.PathLike,
+    *,
+    source: str | os.PathLike | Volume | None = None,
+    version: str,
+    models: list[str] | tuple[str, ...] = (),
+) -> Path:
+    """Write an (I, J, K) label map in the output type `path`'s suffix names (:data:`flareseg.io.output.OUTPUT_TYPES`).
+
+    A volume type (NIfTI, NRRD, MHA) is written on `grid` (:func:`write_label`); a DICOM SEG
+    (``.dcm``) references the DICOM series folder `source`, naming flareseg `version` and the `models`
+    as its algorithm. Either way atomically, read back before it is published.
+
+    Raises:
+        InputError: an unknown suffix, or a DICOM SEG that cannot be written (see
+            :func:`flareseg.io.dicom_seg.write_dicom_seg`).
+        GeometryError: `label` does not have `grid`'s shape.
+    """
+    if output_type_of(path) == DICOM_SEG:
+        from flareseg.io.dicom_seg import write_dicom_seg
+
+        if source is None or isinstance(source, Volume):
+            raise InputError(f"{path}: a DICOM SEG output needs a DICOM series as input (it references the series' slices)")
+        return write_dicom_seg(label, source, path, version=version, models=models)
+    return write_label(label, grid, path)
