@@ -1,4 +1,4 @@
-"""The Ray runner: a local 2-worker cluster (started once for the module) predicting folders with tiny models.
+"""The Ray runner: a local 2-CPU cluster (started once for the module) predicting folders with tiny models.
 
 Checked against a serial run of the same models in this process: identical label maps; finished cases
 skipped; a bad case reported by name while the others finish (exit code 2 from the command line); a
@@ -21,8 +21,8 @@ ray = pytest.importorskip("ray")
 
 from flareseg.cli import main
 from flareseg.errors import ConfigError, ModelFolderError
-from flareseg.inference import TwoStepPredictor, predict_folder_ray, run_folder
-from flareseg.inference.distributed import LOCAL_OBJECT_STORE_BYTES, PoolShape, pool_shape
+from flareseg.inference import InferenceConfig, TwoStepPredictor, run_folder
+from flareseg.inference.distributed import LOCAL_OBJECT_STORE_BYTES, CaseWorker, PoolShape, RayRunner, pool_shape
 from flareseg.io import Volume, read_image, read_label, write_volume
 
 from conftest import phantom_ct
@@ -95,21 +95,66 @@ def test_pool_shape():
             pool_shape(**kwargs)
 
 
-def test_ray_run_equals_serial_run_and_skips_finished_cases(cluster, models, inputs, serial, tmp_path):
-    out = tmp_path / "out"
-    batch = predict_folder_ray(inputs, out, organ_model=models[0], tumor_model=models[1], workers=2, progress=True)
-    assert batch.ok and sorted(r.case for r in batch.predicted) == list(CASES) and not batch.skipped
-    assert len({r.device for r in batch.predicted}) == 1
-    _assert_same_outputs(out, serial)
+def _lock_holder(lock: Path) -> int | None:
+    """The pid holding an flock on `lock` (from /proc/locks), or None."""
+    try:
+        inode = lock.stat().st_ino
+    except FileNotFoundError:
+        return None
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
+            return int(fields[4])
+    return None
 
-    # finished cases are skipped: a truncated output is redone, the others are left alone
-    mtimes = {n: (out / f"{n}.nii.gz").stat().st_mtime_ns for n in CASES}
-    whole = (out / "b.nii.gz").read_bytes()
-    (out / "b.nii.gz").write_bytes(whole[: len(whole) // 2])
-    again = predict_folder_ray(inputs, out, organ_model=models[0], tumor_model=models[1], workers=2, progress=False)
-    assert [r.case for r in again.predicted] == ["b"] and sorted(again.skipped) == ["a", "c", "d"]
-    assert all((out / f"{n}.nii.gz").stat().st_mtime_ns == mtimes[n] for n in "acd")
-    _assert_same_outputs(out, serial)
+
+class TestOnePool:
+    """Runs on one pool of two 1-thread workers (it holds the cluster's 2 CPUs until the class ends)."""
+
+    @pytest.fixture(scope="class")
+    def runner(self, cluster, models):
+        with RayRunner(*models, workers=2) as runner:
+            yield runner
+
+    def test_ray_run_equals_serial_run_and_skips_finished_cases(self, runner, serial, inputs, tmp_path):
+        out = tmp_path / "out"
+        batch = runner.predict_folder(inputs, out, progress=True)
+        assert batch.ok and sorted(r.case for r in batch.predicted) == list(CASES) and not batch.skipped
+        assert len({r.device for r in batch.predicted}) == 1
+        _assert_same_outputs(out, serial)
+
+        # finished cases are skipped: a truncated output is redone, the others are left alone
+        mtimes = {n: (out / f"{n}.nii.gz").stat().st_mtime_ns for n in CASES}
+        whole = (out / "b.nii.gz").read_bytes()
+        (out / "b.nii.gz").write_bytes(whole[: len(whole) // 2])
+        again = runner.predict_folder(inputs, out, progress=False)
+        assert [r.case for r in again.predicted] == ["b"] and sorted(again.skipped) == ["a", "c", "d"]
+        assert all((out / f"{n}.nii.gz").stat().st_mtime_ns == mtimes[n] for n in "acd")
+        _assert_same_outputs(out, serial)
+
+    def test_a_worker_killed_mid_case_loses_and_corrupts_nothing(self, runner, serial, inputs, tmp_path):
+        out = tmp_path / "out"
+        result = {}
+        run = threading.Thread(target=lambda: result.update(batch=runner.predict_folder(inputs, out, progress=False)))
+        run.start()
+        killed = None
+        deadline = time.monotonic() + 60
+        while killed is None and run.is_alive() and time.monotonic() < deadline:
+            for name in ("c", "d"):  # a case that starts after the workers have warmed up
+                pid = _lock_holder(out / f".{name}.lock")
+                if pid is not None and pid != os.getpid():
+                    os.kill(pid, signal.SIGKILL)
+                    killed = (name, pid)
+                    break
+            time.sleep(0.002)
+        run.join(120)
+        assert killed is not None, "no case was caught in flight"
+        batch = result["batch"]
+        assert batch.ok, batch.summary()
+        assert sorted([r.case for r in batch.predicted] + batch.skipped) == list(CASES)
+        _assert_same_outputs(out, serial)
+        with pytest.raises(ProcessLookupError):
+            os.kill(killed[1], 0)
 
 
 def test_a_bad_case_is_reported_by_name_and_the_others_finish_exit_2(cluster, models, inputs, serial, tmp_path, capsys):
@@ -126,48 +171,14 @@ def test_a_bad_case_is_reported_by_name_and_the_others_finish_exit_2(cluster, mo
     _assert_same_outputs(out, serial)
 
 
-def _lock_holder(lock: Path) -> int | None:
-    """The pid holding an flock on `lock` (from /proc/locks), or None."""
-    try:
-        inode = lock.stat().st_ino
-    except FileNotFoundError:
-        return None
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if fields[1] == "FLOCK" and int(fields[5].rsplit(":", 1)[1]) == inode:
-            return int(fields[4])
-    return None
-
-
-def test_a_worker_killed_mid_case_loses_and_corrupts_nothing(cluster, models, inputs, serial, tmp_path):
-    out = tmp_path / "out"
-    result = {}
-    run = threading.Thread(target=lambda: result.update(batch=predict_folder_ray(
-        inputs, out, organ_model=models[0], tumor_model=models[1], workers=2, progress=False)))
-    run.start()
-    killed = None
-    deadline = time.monotonic() + 60
-    while killed is None and run.is_alive() and time.monotonic() < deadline:
-        for name in ("c", "d"):  # a case that starts after the workers have warmed up
-            pid = _lock_holder(out / f".{name}.lock")
-            if pid is not None and pid != os.getpid():
-                os.kill(pid, signal.SIGKILL)
-                killed = (name, pid)
-                break
-        time.sleep(0.002)
-    run.join(120)
-    assert killed is not None, "no case was caught in flight"
-    batch = result["batch"]
-    assert batch.ok, batch.summary()
-    assert sorted([r.case for r in batch.predicted] + batch.skipped) == list(CASES)
-    _assert_same_outputs(out, serial)
-    with pytest.raises(ProcessLookupError):
-        os.kill(killed[1], 0)
-
-
-def test_a_missing_model_folder_is_named(cluster, inputs, tmp_path):
-    with pytest.raises(ModelFolderError, match="nowhere"):
-        predict_folder_ray(inputs, tmp_path / "out", organ_model=tmp_path / "nowhere", tumor_model=None, workers=1, progress=False)
+def test_model_folder_errors_are_named(models, tmp_path):
+    with pytest.raises(ModelFolderError, match="nowhere"):  # before Ray starts
+        RayRunner(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    threads = torch.get_num_threads()
+    error, module, pid = CaseWorker(str(tmp_path / "empty"), None, InferenceConfig(), "cpu", 1).ready()  # what a worker reports
+    torch.set_num_threads(threads)
+    assert isinstance(error, ModelFolderError) and "empty" in str(error) and pid == os.getpid()
 
 
 def test_ray_options_are_refused_where_they_mean_nothing(models, inputs, tmp_path, capsys):

@@ -1,7 +1,8 @@
 """Folder runs on a Ray cluster: a pool of actors, each holding both models, predicting the cases of a folder.
 
-:func:`predict_folder_ray` gives the guarantees of :func:`~flareseg.inference.folder.predict_folder`
-(the same :func:`~flareseg.inference.folder.plan_folder` decides which cases are done, the same
+:class:`RayRunner` (and :func:`predict_folder_ray`: one folder, with a pool of its own) gives the
+guarantees of :func:`~flareseg.inference.folder.predict_folder` (the same
+:func:`~flareseg.inference.folder.plan_folder` decides which cases are done, the same
 :func:`~flareseg.inference.folder.predict_one` predicts each case under its lock and writes it
 atomically, a bad case is reported by name while the others go on) with the cases spread over Ray
 actors. Each actor (:class:`CaseWorker`) loads the organ and tumour models once, in its own process,
@@ -21,11 +22,10 @@ Nothing the dead process wrote can be mistaken for a result: its output was a te
 when the case is redone, see :func:`~flareseg.io.remove_stale_temporaries`) and its case lock died with
 it. A case that kills its worker on every attempt is reported failed by name, and the restarted actor
 goes on with the next case. (Ray's own ``ActorPool`` is not used: its ``get_next_unordered`` raises a
-task's error without saying which value it belonged to, and it drops an actor that died even when Ray
-restarts it.)
+task's error without saying which case it belonged to.)
 
-Ray is an optional dependency (``pip install 'flareseg[distributed]'``), imported only when a run
-starts. Without an address a local cluster is started for the run and shut down after it (Ray's
+Ray is an optional dependency (``pip install 'flareseg[distributed]'``), imported only when a pool
+starts. Without an address a local cluster is started for the pool and shut down with it (Ray's
 start-up, about 5 s on a 2-core machine, plus each actor's import of torch and model loading); with an
 address (``"auto"``, ``"HOST:6379"``, ``"ray://HOST:10001"``) the run joins that cluster, whose nodes
 must have flareseg installed and see the input, output and model folders at the same paths. A process
@@ -43,7 +43,7 @@ from pathlib import Path
 import torch
 
 import flareseg
-from flareseg.errors import ConfigError, FlaresegError
+from flareseg.errors import ConfigError, FlaresegError, ModelFolderError
 from flareseg.inference.config import InferenceConfig
 from flareseg.inference.folder import plan_folder, predict_one
 from flareseg.inference.pipeline import TwoStepPredictor
@@ -197,6 +197,110 @@ def _start_pool(ray, shape: PoolShape, organ_model: str, tumor_model: str | None
     return actors
 
 
+class RayRunner:
+    """An actor pool on a Ray cluster, each actor holding both models, predicting any number of folders.
+
+    The cluster is joined (or a local one started) and the actors load their models at the first
+    folder with something to predict, and are kept until :meth:`close` (or the end of a ``with``
+    block), so several folders pay the start-up once::
+
+        with RayRunner("models/organ", "models/tumor", workers=2) as runner:
+            for site in ("siteA", "siteB"):
+                print(runner.predict_folder(f"{site}/imagesTs", f"{site}/preds").summary())
+
+    Args:
+        organ_model, tumor_model: model folders (paths every node sees; a loaded predictor cannot
+            travel to other processes); ``tumor_model=None`` predicts organs only.
+        config: the inference settings (default: the ``fast`` preset).
+        device: ``"cpu"``, ``"cuda"`` (one worker per GPU) or ``"auto"`` (CUDA when the cluster has GPUs).
+        address: a Ray cluster to join (``ray.init``'s address); None: a local cluster, shut down by :meth:`close`.
+        workers: number of actors (see :func:`pool_shape`).
+        local_cpus: CPUs of a local cluster (default: those this process may use).
+
+    Raises:
+        ModelFolderError: a model folder does not exist (checked here, before Ray starts).
+    """
+
+    def __init__(
+        self,
+        organ_model: str | os.PathLike,
+        tumor_model: str | os.PathLike | None = None,
+        *,
+        config: InferenceConfig | None = None,
+        device: str = "cpu",
+        address: str | None = None,
+        workers: int | None = None,
+        local_cpus: int | None = None,
+    ):
+        models = [Path(organ_model).resolve(), None if tumor_model is None else Path(tumor_model).resolve()]
+        for folder in models:
+            if folder is not None and not folder.is_dir():
+                raise ModelFolderError(f"{folder}: model folder not found")
+        self.models = tuple(None if m is None else str(m) for m in models)
+        self.config = config if config is not None else InferenceConfig()
+        self.device, self.address, self.workers, self.local_cpus = device, address, workers, local_cpus
+        self.shape: PoolShape | None = None
+        self._ray = None
+        self._owns_connection = False
+        self._actors: list = []
+
+    def __enter__(self) -> "RayRunner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _pool(self) -> list:
+        """The actors, started at the first call (see :func:`pool_shape` and :class:`CaseWorker`)."""
+        if self._ray is None:
+            self._ray = _import_ray()
+            self._owns_connection = _connect(self._ray, self.address, self.local_cpus)
+        if not self._actors:
+            resources = self._ray.cluster_resources()
+            node_cpus = max((n["Resources"].get("CPU", 0) for n in self._ray.nodes() if n["Alive"]), default=0)
+            self.shape = pool_shape(resources.get("CPU", 0), resources.get("GPU", 0), device=self.device, workers=self.workers, largest_node_cpus=node_cpus)
+            self._actors = _start_pool(self._ray, self.shape, *self.models, self.config, local=self.address is None)
+        return self._actors
+
+    def close(self) -> None:
+        """Stop the actors, and the local cluster if this runner started it."""
+        if self._ray is None:
+            return
+        for actor in self._actors:
+            self._ray.kill(actor)
+        self._actors = []
+        if self._owns_connection:
+            self._ray.shutdown()
+        self._ray = None
+
+    def predict_folder(
+        self, input_dir: str | os.PathLike, output_dir: str | os.PathLike, *, overwrite: bool = False, progress: bool = True, part: tuple[int, int] | None = None
+    ) -> BatchReport:
+        """Predict every case of `input_dir` into `output_dir` (arguments as for :func:`~flareseg.inference.folder.predict_folder`).
+
+        Returns:
+            The :class:`~flareseg.inference.reports.BatchReport`: cases predicted (in the order they
+            finished), skipped (already done), failed (name -> reason, including a worker that died on
+            every attempt); ``seconds`` includes the pool's start-up when this call started it.
+
+        Raises:
+            InputError: the input folder is missing or holds no case; the output folder is the input, a
+                file, or not writable (checked before Ray starts).
+            ModelFolderError: a model folder is invalid (as a worker reads it).
+            ConfigError: Ray is not installed, or the pool cannot be placed (:func:`pool_shape`).
+        """
+        start = time.perf_counter()
+        output_dir = Path(output_dir).resolve()
+        plan = plan_folder(input_dir, output_dir, overwrite=overwrite, part=part)
+        batch = BatchReport(str(input_dir), str(output_dir), skipped=plan.skipped, failed=plan.failed)
+        if plan.todo:
+            output_dir.mkdir(parents=True, exist_ok=True)
+            actors = self._pool()
+            _run_cases(self._ray, actors, plan.todo, output_dir, batch, overwrite=overwrite, progress=progress)
+        batch.seconds = time.perf_counter() - start
+        log.info("%s", batch.summary())
+        return batch
+
 def predict_folder_ray(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
@@ -212,54 +316,12 @@ def predict_folder_ray(
     workers: int | None = None,
     local_cpus: int | None = None,
 ) -> BatchReport:
-    """Predict every case of a folder on a Ray cluster (see the module docstring); the outputs equal a serial run's.
+    """Predict every case of a folder on a Ray cluster: one :meth:`RayRunner.predict_folder` (see there), then the pool stops.
 
-    Args:
-        input_dir, output_dir, overwrite, part: as for :func:`~flareseg.inference.folder.predict_folder`.
-        organ_model, tumor_model: model folders (a loaded predictor cannot travel to other processes).
-        config: the inference settings (default: the ``fast`` preset).
-        device: ``"cpu"``, ``"cuda"`` (one worker per GPU) or ``"auto"`` (CUDA when the cluster has GPUs).
-        progress: a bar over the cases, advanced as each finishes on any worker.
-        address: a Ray cluster to join (``ray.init``'s address); None: a local cluster for this run.
-        workers: number of actors (see :func:`pool_shape`).
-        local_cpus: CPUs of the local cluster (default: those this process may use).
-
-    Returns:
-        The :class:`~flareseg.inference.reports.BatchReport`: cases predicted (in the order they
-        finished), skipped (already done), failed (name -> reason, including a worker that died on
-        every attempt); ``seconds`` includes the cluster's start-up.
-
-    Raises:
-        InputError: the input folder is missing or holds no case; the output folder is the input, a file,
-            or not writable (checked before Ray starts).
-        ModelFolderError: a model folder is missing or invalid (as a worker reads it).
-        ConfigError: Ray is not installed, or the pool cannot be placed (:func:`pool_shape`).
+    The outputs equal a serial run's; ``BatchReport.seconds`` includes the cluster's start-up.
     """
-    start = time.perf_counter()
-    output_dir = Path(output_dir).resolve()
-    plan = plan_folder(input_dir, output_dir, overwrite=overwrite, part=part)
-    batch = BatchReport(str(input_dir), str(output_dir), skipped=plan.skipped, failed=plan.failed)
-    if plan.todo:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        models = (str(Path(organ_model).resolve()), None if tumor_model is None else str(Path(tumor_model).resolve()))
-        ray = _import_ray()
-        owns_connection = _connect(ray, address, local_cpus)
-        try:
-            resources = ray.cluster_resources()
-            node_cpus = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
-            shape = pool_shape(resources.get("CPU", 0), resources.get("GPU", 0), device=device, workers=workers, largest_node_cpus=node_cpus)
-            actors = _start_pool(ray, shape, *models, config or InferenceConfig(), local=address is None)
-            try:
-                _run_cases(ray, actors, plan.todo, output_dir, batch, overwrite=overwrite, progress=progress)
-            finally:
-                for actor in actors:
-                    ray.kill(actor)
-        finally:
-            if owns_connection:
-                ray.shutdown()
-    batch.seconds = time.perf_counter() - start
-    log.info("%s", batch.summary())
-    return batch
+    with RayRunner(organ_model, tumor_model, config=config, device=device, address=address, workers=workers, local_cpus=local_cpus) as runner:
+        return runner.predict_folder(input_dir, output_dir, overwrite=overwrite, progress=progress, part=part)
 
 
 def _run_cases(ray, actors: list, cases: list[CaseInput], output_dir: Path, batch: BatchReport, *, overwrite: bool, progress: bool) -> None:
