@@ -96,7 +96,7 @@ def test_pool_shape():
 
 
 def _lock_holder(lock: Path) -> int | None:
-    """The pid holding an flock on `lock` (from /proc/locks), or None."""
+    """The pid holding an flock on `lock` (from /proc/locks, where waiters' lines start with '->'), or None."""
     try:
         inode = lock.stat().st_ino
     except FileNotFoundError:
