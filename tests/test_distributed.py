@@ -23,7 +23,7 @@ from flareseg.cli import main
 from flareseg.errors import ConfigError, ModelFolderError
 from flareseg.inference import InferenceConfig, TwoStepPredictor, run_folder
 from flareseg.inference.distributed import LOCAL_OBJECT_STORE_BYTES, CaseWorker, PoolShape, RayRunner, pool_shape
-from flareseg.io import Volume, read_image, read_label, write_volume
+from flareseg.io import Volume, read_label, write_volume
 
 from conftest import phantom_ct
 from test_pipeline import write_random_model
