@@ -18,6 +18,14 @@ Examples::
     python scripts/bench_inference.py --modes fast --memory-shape 512 512 500 --repeats 1
     python scripts/bench_inference.py --organ-model runs/organ --organ-only --modes fast accurate --memory-shape 0 0 0
     python scripts/bench_inference.py --organ-model runs/organ --tumor-model runs/tumor --modes fast --organs liver --memory-shape 0 0 0
+    python scripts/bench_inference.py --organ-model runs/demo/models/organ --tumor-model runs/demo/models/tumor --throughput 12
+
+``--throughput N`` measures folder runs instead (and nothing else): N small synthetic phantoms predicted
+by ``flareseg predict`` serially (one process, models loaded once) and with ``--ray --workers W``
+(a local Ray cluster of W one-thread CPU workers), each command timed from its start to its exit,
+in cases per hour; then one case alone each way, whose difference is the Ray runner's overhead
+(cluster start-up, worker processes, model loading in each); and the voxels where the two runs'
+label maps differ.
 """
 
 from __future__ import annotations
@@ -149,6 +157,60 @@ def median_table(results: list[dict]) -> dict[str, float]:
     return out
 
 
+# ------------------------------------------------------------------------------------------ throughput
+def _timed_predict(args: argparse.Namespace, inputs: Path, output: Path, ray_workers: int | None) -> dict:
+    """Run `flareseg predict` on a folder in its own process; wall seconds from start to exit, and its log."""
+    cmd = [sys.executable, "-m", "flareseg.cli", "predict", "-i", str(inputs), "-o", str(output), "--organ-model", str(args.organ_model), "--device", args.device]
+    if args.tumor_model is not None:
+        cmd += ["--tumor-model", str(args.tumor_model)]
+    if ray_workers:
+        cmd += ["--ray", "--workers", str(ray_workers)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    log_lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("INFO flareseg")]
+    return {"command": shlex.join(cmd), "seconds": seconds, "log": log_lines}
+
+
+def throughput(args: argparse.Namespace, work: Path) -> dict:
+    """Cases per hour of serial and Ray folder runs on `args.throughput` small phantoms, and the Ray overhead on one case."""
+    from flareseg.data.synthetic import synthesize_case
+    from flareseg.io import read_label, write_volume
+    from flareseg.measure.environment import cpu_info
+
+    many, one = work / "cases", work / "one"
+    one.mkdir(parents=True, exist_ok=True)
+    shapes = []
+    for seed in range(args.throughput):
+        image, _, _ = synthesize_case(seed, size="small", lesions=1, fov_cut=False, orientation="LPS")
+        write_volume(image, many / f"case_{seed:03d}_0000.nii.gz")
+        shapes.append(image.array.shape)
+    write_volume(image, one / f"case_{args.throughput - 1:03d}_0000.nii.gz")
+    print(f"inputs: {args.throughput} small phantoms, {min(shapes)} to {max(shapes)} voxels")
+    print(f"CPU: {cpu_info().summary()}")
+    runs = {}
+    for name, folder, workers in (("serial", many, None), ("ray", many, args.ray_workers), ("serial_one", one, None), ("ray_one", one, args.ray_workers)):
+        runs[name] = _timed_predict(args, folder, work / f"out_{name}", workers)
+        print(f"  {name}: {runs[name]['seconds']:.1f} s  ({runs[name]['command']})")
+        for line in runs[name]["log"]:
+            print(f"      {line}")
+    differing = 0
+    for path in sorted((work / "out_serial").glob("*.nii.gz")):
+        differing += int((read_label(path).array != read_label(work / "out_ray" / path.name).array).sum())
+    n = args.throughput
+    figures = {
+        "cpu": cpu_info().summary(), "cases": n, "ray_workers": args.ray_workers, "shapes": shapes, "runs": runs,
+        "serial_cases_per_hour": n / runs["serial"]["seconds"] * 3600, "ray_cases_per_hour": n / runs["ray"]["seconds"] * 3600,
+        "ray_overhead_one_case_s": runs["ray_one"]["seconds"] - runs["serial_one"]["seconds"], "voxels_differing": differing,
+    }
+    print(f"\nserial: {figures['serial_cases_per_hour']:.0f} cases/h; Ray, {args.ray_workers} workers: {figures['ray_cases_per_hour']:.0f} cases/h "
+          f"(x{figures['ray_cases_per_hour'] / figures['serial_cases_per_hour']:.2f}); Ray overhead on one case: {figures['ray_overhead_one_case_s']:.1f} s; "
+          f"voxels differing between the two runs' outputs: {differing}")
+    return figures
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--organ-model", type=Path)
@@ -168,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--organs", help="also run the fast mode --repeats times writing only these labels (e.g. liver): the time an organ subset saves")
     parser.add_argument("--workdir", type=Path, help="keep inputs and outputs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write all figures to this JSON file")
+    parser.add_argument("--throughput", type=int, default=0, metavar="N", help="only the folder-run throughput: N small phantoms, serial vs --ray (see above)")
+    parser.add_argument("--ray-workers", type=int, default=2, help="Ray workers of --throughput (default 2)")
     # worker mode (internal)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
@@ -200,6 +264,13 @@ def main(argv: list[str] | None = None) -> None:
     elif not random_weights:
         print(f"models: organ {args.organ_model}, tumor {args.tumor_model}")
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, torch threads {args.threads or 'default'}")
+    if args.throughput:
+        figures = throughput(args, work)
+        print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(figures, indent=2))
+        return
 
     shape, spacing = tuple(args.shape), tuple(args.spacing)
     image_path = work / "bench_0000.nii.gz"

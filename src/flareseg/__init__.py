@@ -24,6 +24,8 @@ _EXPORTS = {
     # inference
     "predict": "flareseg.inference.pipeline",
     "predict_folder": "flareseg.inference.folder",
+    "predict_folder_ray": "flareseg.inference.distributed",
+    "RayRunner": "flareseg.inference.distributed",
     "Segmentation": "flareseg.inference.pipeline",
     "TwoStepPredictor": "flareseg.inference.pipeline",
     "InferenceConfig": "flareseg.inference.config",

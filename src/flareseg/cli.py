@@ -112,6 +112,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     folder_run = args.input.is_dir() and not is_single_series(args.input)
     part = parse_part(args.part) if args.part else None
     config = _inference_config(args)  # an unknown organ name is refused here
+    if args.workers is not None and args.ray is None:
+        raise FlaresegError("--workers needs --ray")
+    if args.ray is not None and not folder_run:
+        raise FlaresegError("--ray needs a folder of cases as input")
     if folder_run:
         plan_folder(args.input, args.output, overwrite=args.overwrite, part=part, output_type=args.output_type)
     else:
@@ -123,14 +127,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if not args.overwrite and is_complete_volume(args.output):
             print(f"{args.output} exists; skipped (use --overwrite to replace it)")
             return 0
-    predictor = TwoStepPredictor(args.organ_model, args.tumor_model, config=config, device=args.device)
     extras = {"statistics": args.statistics, "preview": args.preview, "label_tables": args.label_tables}
     if folder_run:
-        report = run_folder(predictor, args.input, args.output, overwrite=args.overwrite, progress=not args.quiet, part=part, output_type=args.output_type)
+        if args.ray is not None:
+            from flareseg.inference.distributed import predict_folder_ray
+
+            report = predict_folder_ray(
+                args.input, args.output, organ_model=args.organ_model, tumor_model=args.tumor_model, config=config, device=args.device,
+                overwrite=args.overwrite, progress=not args.quiet, part=part, output_type=args.output_type, address=args.ray or None, workers=args.workers,
+            )
+        else:
+            predictor = TwoStepPredictor(args.organ_model, args.tumor_model, config=config, device=args.device)
+            report = run_folder(predictor, args.input, args.output, overwrite=args.overwrite, progress=not args.quiet, part=part, output_type=args.output_type)
         for case in report.predicted:
             write_case_outputs(case.input, case.output, **extras)
         print(report.summary())
         return 0 if report.ok else EXIT_INPUT_ERROR
+    predictor = TwoStepPredictor(args.organ_model, args.tumor_model, config=config, device=args.device)
     report = predictor.predict(args.input, args.output, progress=not args.quiet)
     for path in write_case_outputs(args.input, args.output, **extras):
         print(f"written: {path}")
@@ -307,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--output-type", metavar="TYPE", help="nifti, nrrd, mha or dicom-seg (one SEG per DICOM series): a folder run's format; for a file it must agree with the suffix (default: the suffix; folders: nifti)")
             p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists")
             p.add_argument("--part", metavar="I/N", help="folder input: predict only shard I (0-based) of N, chosen by case name (Slurm arrays)")
+            p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                           help="folder input: predict on a Ray cluster (pip install 'flareseg[distributed]'): a local one, or the cluster at ADDRESS (auto, HOST:6379, ray://HOST:10001)")
+            p.add_argument("--workers", type=POSITIVE_INT, help="with --ray: worker processes, each holding both models (default: one per GPU with --device cuda/auto, else one per 4 CPUs)")
             p.add_argument("--statistics", action="store_true", help="write <output>_statistics.json/.csv: organ volumes and HU, lesions, burden per organ")
             p.add_argument("--preview", action="store_true", help="write <output>_preview.png: the labels over the CT, axial, coronal and sagittal")
             p.add_argument("--label-tables", action="store_true", help="write 3D Slicer (.ctbl) and ITK-SNAP label tables beside the output")
