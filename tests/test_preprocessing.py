@@ -143,3 +143,17 @@ def test_a_resampled_grid_larger_than_flareseg_handles_is_refused():
     with pytest.raises(GeometryError, match="more than the"):
         resampled_grid(grid, (0.1, 0.1, 0.1))
     assert resampled_grid(grid, (1.0, 1.0, 1.0)).shape == (410, 410, 1000)
+
+
+@pytest.mark.parametrize("slices", [3, 4, 40])
+def test_anti_aliasing_works_on_thin_volumes_and_keeps_the_mean(slices):
+    """Downsampling smooths axis by axis; an axis of 3 voxels (the 3-slice DICOM series) is smoothed too."""
+    from flareseg.transforms.preprocessing import resample_image
+
+    array = np.random.default_rng(0).normal(40.0, 30.0, size=(64, 64, slices)).astype(np.float32)
+    volume = Volume(array, (0.8, 0.8, 1.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    grid = resampled_grid(volume.grid, (3.0, 3.0, 3.0))
+    out = resample_image(volume, grid)
+    assert out.shape == grid.shape
+    assert abs(float(out.array.mean()) - 40.0) < 3.0
+    assert float(out.array.std()) < 0.5 * float(array.std())  # smoothed, not sub-sampled noise

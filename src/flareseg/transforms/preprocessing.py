@@ -120,7 +120,8 @@ def resample_image(volume: Volume, grid: Grid) -> Volume:
 
     The anti-aliasing Gaussian has sigma = 0.5 * sqrt(target^2 - source^2) mm along each axis that is
     more than 1.3x coarser, applied axis by axis with ITK's recursive (IIR) Gaussian, whose cost does
-    not grow with sigma: 4x faster than a discrete kernel for 0.8 -> 6 mm on a 512x512x300 CT.
+    not grow with sigma: 4x faster than a discrete kernel for 0.8 -> 6 mm on a 512x512x300 CT (an
+    axis of fewer than 4 voxels, which the recursive filter refuses, gets the discrete kernel).
     """
     image = volume.to_sitk()
     if image.GetPixelID() != sitk.sitkFloat32:
@@ -128,7 +129,11 @@ def resample_image(volume: Volume, grid: Grid) -> Volume:
     source, target = np.asarray(volume.spacing), np.asarray(grid.spacing)
     sigma = 0.5 * np.sqrt(np.maximum(target**2 - source**2, 0))
     for axis in np.flatnonzero(target / source > 1.3):
-        image = sitk.RecursiveGaussian(image, float(sigma[axis]), False, sitk.RecursiveGaussianImageFilter.ZeroOrder, int(axis))
+        if image.GetSize()[axis] >= 4:
+            image = sitk.RecursiveGaussian(image, float(sigma[axis]), False, sitk.RecursiveGaussianImageFilter.ZeroOrder, int(axis))
+        else:  # the recursive filter needs 4 voxels along its axis (a 3-slice series has 3)
+            variance = [float(sigma[axis]) ** 2 if a == axis else 0.0 for a in range(3)]
+            image = sitk.DiscreteGaussian(image, variance, 32, 0.01, True)
     out = sitk.Resample(image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear, float(volume.array.min()), sitk.sitkFloat32)
     return Volume.from_sitk(out)
 
