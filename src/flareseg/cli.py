@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from flareseg import __version__
+from flareseg.config import ENGINES
 from flareseg.errors import FlaresegError
 
 log = logging.getLogger("flareseg")
@@ -81,6 +82,8 @@ def _inference_config(args: argparse.Namespace):
     overrides = {}
     if args.step is not None:
         overrides["step"] = args.step
+    if args.engine is not None:
+        overrides["engine"] = args.engine
     return InferenceConfig.for_mode(args.mode, **overrides)
 
 
@@ -276,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mode", choices=("fast", "accurate", "paper"), default="fast", help="fast (default), accurate, or the paper's procedure")
         p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's)")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+        p.add_argument("--engine", choices=ENGINES, help="what runs the networks: torch (default), or their ONNX export on onnxruntime or openvino (CPU, fp32)")
 
     p = _subcommand(sub, "demo", "the whole mission end to end on a synthetic cohort", _cmd_demo)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")

@@ -7,6 +7,7 @@ from typing import Any
 
 from flareseg.config import apply_overrides, to_dict
 from flareseg.errors import ConfigError
+from flareseg.model.engine import check_engine
 from flareseg.model.sliding_window import PRECISIONS, mirror_combinations
 from flareseg.transforms.postprocess import DEFAULT as DEFAULT_POSTPROCESS
 from flareseg.transforms.postprocess import OFF as NO_POSTPROCESS
@@ -44,6 +45,9 @@ class InferenceConfig:
         precision: 'auto' (fp32 on CPU, fp16 autocast on CUDA), 'fp32', 'fp16' or 'bf16'.
         tile_batch_size: tiles per network call (raise on a GPU).
         postprocess: post-processing applied to the organ map and to the lesion map before the merge.
+        engine: what runs the networks on each tile: 'torch', or their ONNX export on 'onnxruntime' or
+            'openvino' (CPU, float32; :mod:`flareseg.model.engine`); an engine that is not installed
+            falls back to torch with a warning.
     """
 
     mode: str = "fast"
@@ -60,6 +64,7 @@ class InferenceConfig:
     precision: str = "auto"
     tile_batch_size: int = 1
     postprocess: PostprocessConfig = DEFAULT_POSTPROCESS
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
         for name in ("step", "roi_step"):
@@ -84,6 +89,7 @@ class InferenceConfig:
             raise ConfigError(f"inference.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.tile_batch_size < 1:
             raise ConfigError(f"inference.tile_batch_size must be >= 1, got {self.tile_batch_size}")
+        check_engine(self.engine, self.precision)
 
     @classmethod
     def for_mode(cls, mode: str = "fast", **overrides: Any) -> "InferenceConfig":
