@@ -21,6 +21,7 @@ from flareseg.model.engine import GRAPH_DIR, ONNX_ENGINES, check_engine, graph_k
 from flareseg.model.folder import WEIGHTS_FILE, save_tensors
 from flareseg.model.network import build_network
 from flareseg.model.predictor import ModelPredictor
+from flareseg.model.sliding_window import sliding_window_logits
 
 from conftest import phantom_ct
 from test_pipeline import write_random_model
@@ -55,14 +56,6 @@ def ct():
     return image
 
 
-def _dice_per_class(a: np.ndarray, b: np.ndarray) -> dict[int, float]:
-    out = {}
-    for c in sorted(set(np.unique(a)) | set(np.unique(b)) - {0}):
-        x, y = a == c, b == c
-        out[int(c)] = 2 * np.logical_and(x, y).sum() / (x.sum() + y.sum())
-    return out
-
-
 def _graphs(folder: Path) -> list[Path]:
     return sorted((folder / GRAPH_DIR).glob("*.onnx")) if (folder / GRAPH_DIR).is_dir() else []
 
@@ -79,17 +72,27 @@ def test_onnx_engine_tiles_match_torch_logits(models, engine):
     assert torch.allclose(got, reference, rtol=1e-3, atol=1e-3 * float(reference.abs().max()))
 
 
-def test_onnx_engine_labels_equal_the_torch_engines(models, ct, engine):
-    """Two-step prediction in accurate mode (mirroring, blending, both models): Dice >= 0.999 per class against torch."""
-    labels = {}
+def test_onnx_engine_labels_equal_the_torch_engines(models, engine):
+    """Sliding window with overlapping tiles, Gaussian blending and mirroring: the engine's labels are torch's.
+
+    The tiny model has random weights, so some voxels are near-ties between two channels (top-two
+    logits closer than float32 noise of two convolution libraries); labels must be equal everywhere
+    else, and such ties must be rare. (The demo's trained models agree with Dice >= 0.999 per organ:
+    scripts/bench_engines.py, docs/efficiency.md.)
+    """
+    model = ModelPredictor.from_folder(models[0])
+    image = model.normalize(phantom_ct(shape=(64, 56, 52), spacing=(1.0, 1.0, 1.0))[0].array.astype(np.float32))
+    logits = {}
     for name in ("torch", engine):
-        predictor = TwoStepPredictor(*models, config=InferenceConfig.for_mode("accurate", engine=name))
-        label, report = predictor.segment(ct)
-        assert report.engine == name == predictor.engine
-        labels[name] = label.array
-    dice = _dice_per_class(labels[engine], labels["torch"])
-    assert len(dice) >= 2, dice  # random weights still predict several classes
-    assert min(dice.values()) >= 0.999, dice
+        predict = model.tile_predictor(mirror=(0, 1), engine=name)
+        logits[name] = sliding_window_logits(image, predict, patch_size=model.patch_size, step=0.5, pad_value=model.pad_value)
+    reference, got = logits["torch"], logits[engine]
+    scale = float(reference.abs().max())
+    assert torch.allclose(got, reference, rtol=1e-3, atol=1e-4 * scale)
+    top2 = reference.topk(2, dim=0).values
+    decided = (top2[0] - top2[1]) > 1e-4 * scale
+    assert decided.float().mean() > 0.95
+    assert torch.equal(got.argmax(0)[decided], reference.argmax(0)[decided])
 
 
 def test_nnunet_folder_runs_on_an_onnx_engine(tmp_path, engine):
