@@ -88,7 +88,7 @@ def test_onnx_engine_labels_equal_the_torch_engines(models, engine):
         logits[name] = sliding_window_logits(image, predict, patch_size=model.patch_size, step=0.5, pad_value=model.pad_value)
     reference, got = logits["torch"], logits[engine]
     scale = float(reference.abs().max())
-    assert torch.allclose(got, reference, rtol=1e-3, atol=1e-3 * scale)  # OpenVINO: up to ~3e-3 of the logit range
+    assert torch.allclose(got, reference, rtol=1e-3, atol=1e-3 * scale)  # OpenVINO differs more than ONNX Runtime (3e-3 absolute on a demo-model tile)
     top2 = reference.topk(2, dim=0).values
     decided = (top2[0] - top2[1]) > 2e-3 * scale
     assert decided.float().mean() > 0.95
