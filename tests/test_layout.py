@@ -96,7 +96,7 @@ def test_extras_are_imported_lazily():
 
     (Checked in the source, not in sys.modules: torch and MONAI themselves import matplotlib, pynvml
     or pydicom when those happen to be installed.)"""
-    extras = ("dynamic_network_architectures", "matplotlib", "markdown", "pynvml", "highdicom", "pydicom", "ray")
+    extras = ("dynamic_network_architectures", "matplotlib", "markdown", "pynvml", "highdicom", "pydicom", "ray", "onnxruntime", "openvino", "onnx")
     bad = []
     for name, path in _modules():
         for node in ast.parse(path.read_text()).body:

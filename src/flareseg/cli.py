@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from flareseg import __version__
+from flareseg.config import ENGINES
 from flareseg.errors import FlaresegError
 
 log = logging.getLogger("flareseg")
@@ -98,6 +99,8 @@ def _inference_config(args: argparse.Namespace):
         overrides["step"] = args.step
     if args.organs is not None:
         overrides["organs"] = args.organs
+    if args.engine is not None:
+        overrides["engine"] = args.engine
     return InferenceConfig.for_mode(args.mode, **overrides)
 
 
@@ -335,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--organs", metavar="LIST", help="write only these labels, names or ids: liver,spleen,... (lesion: the lesions); "
                        "fast mode then runs the fine organ pass around them only, and the tumour model only for lesion")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+        p.add_argument("--engine", choices=ENGINES, help="what runs the networks: torch (default), or their ONNX export on onnxruntime or openvino (CPU, fp32)")
 
     p = _subcommand(sub, "demo", "the whole mission end to end on a synthetic cohort", _cmd_demo)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")

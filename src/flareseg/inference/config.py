@@ -9,6 +9,7 @@ from typing import Any
 from flareseg.config import apply_overrides, to_dict
 from flareseg.errors import ConfigError
 from flareseg.labels import ALL_FOREGROUND_IDS, find_label, key_of
+from flareseg.model.engine import check_engine
 from flareseg.model.sliding_window import PRECISIONS, mirror_combinations
 from flareseg.transforms.postprocess import DEFAULT as DEFAULT_POSTPROCESS
 from flareseg.transforms.postprocess import OFF as NO_POSTPROCESS
@@ -50,6 +51,9 @@ class InferenceConfig:
             (:func:`parse_label_selection`), stored as sorted ids. Other labels are written as 0; the
             tumour model runs only when 14 is asked for, and in ``roi`` mode the fine organ pass covers
             only the requested organs (plus the lesion hosts when 14 is asked for).
+        engine: what runs the networks on each tile: 'torch', or their ONNX export on 'onnxruntime' or
+            'openvino' (CPU, float32; :mod:`flareseg.model.engine`); an engine that is not installed
+            falls back to torch with a warning.
     """
 
     mode: str = "fast"
@@ -67,6 +71,7 @@ class InferenceConfig:
     tile_batch_size: int = 1
     postprocess: PostprocessConfig = DEFAULT_POSTPROCESS
     organs: tuple[int, ...] | None = None
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
         if self.organs is not None:
@@ -93,6 +98,7 @@ class InferenceConfig:
             raise ConfigError(f"inference.precision must be one of {', '.join(PRECISIONS)}; got {self.precision!r}")
         if self.tile_batch_size < 1:
             raise ConfigError(f"inference.tile_batch_size must be >= 1, got {self.tile_batch_size}")
+        check_engine(self.engine, self.precision)
 
     @classmethod
     def for_mode(cls, mode: str = "fast", **overrides: Any) -> "InferenceConfig":

@@ -52,6 +52,7 @@ from flareseg.io.output import check_output_file
 from flareseg.io.write import write_segmentation
 from flareseg.labels import LESION, LESION_HOST_IDS, ORGAN_IDS, TASK_TABLE
 from flareseg.model.device import resolve_device
+from flareseg.model.engine import available_engine
 from flareseg.model.predictor import ModelPredictor, downsample
 from flareseg.transforms.merge import merge_labels
 from flareseg.transforms.postprocess import postprocess
@@ -122,10 +123,14 @@ class TwoStepPredictor:
         config: the inference settings (default: the ``fast`` preset).
         device: 'cpu', 'cuda', 'cuda:1', 'auto' or a torch.device.
 
+    With ``config.engine`` 'onnxruntime' or 'openvino', loading also exports both networks to ONNX
+    or reads them from their cache (:mod:`flareseg.model.engine`); an engine that is not installed
+    falls back to torch with a warning (:attr:`engine` says which ran).
+
     Raises:
-        ModelFolderError: a model folder is missing or invalid.
-        ConfigError: a model has the wrong number of output channels, or ``config.organs`` asks for
-            the lesions without a tumour model.
+        ModelFolderError: a model folder is missing or invalid, or an engine cannot load its graph.
+        ConfigError: a model has the wrong number of output channels, ``config.organs`` asks for the
+            lesions without a tumour model, or an ONNX engine is asked to run on a GPU.
     """
 
     def __init__(
@@ -143,6 +148,11 @@ class TwoStepPredictor:
             raise ConfigError("inference.organs asks for the lesions, but no tumour model was given")
         self.organ = _as_predictor(organ_model, self.device, "organ")
         self.tumor = None if tumor_model is None else _as_predictor(tumor_model, self.device, "tumor")
+        self.engine = available_engine(self.config.engine)
+        if self.engine != "torch":  # the ONNX graphs are exported or read from their cache now, as part of loading
+            for model in (self.organ, self.tumor):
+                if model is not None:
+                    model.engine_runner(self.engine)
         self.load_seconds = time.perf_counter() - start
 
     def __repr__(self) -> str:
@@ -204,7 +214,7 @@ class TwoStepPredictor:
     ) -> tuple[np.ndarray, Grid]:
         """The stages of one case (module docstring); returns the label map and the input's grid."""
         timer = StageTimer(report.timings, on_stage)
-        report.mode, report.device = self.config.mode, str(self.device)
+        report.mode, report.device, report.engine = self.config.mode, str(self.device), self.engine
         start = time.perf_counter()
         with timer.stage("read"):
             volume = source if isinstance(source, Volume) else read_image(source)
@@ -281,7 +291,7 @@ class TwoStepPredictor:
             for attempt in range(MAX_ROI_GROWTHS + 1):
                 report.tiles["organ"] += organ.count_tiles(box_shape(organ_box), cfg.step, cfg.mirror)
                 label = organ.predict_labels(
-                    net.organ_image, box=organ_box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision,
+                    net.organ_image, box=organ_box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision, engine=self.engine,
                     tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: organ",
                 )
                 # The fine pass must not lose what the weights find: an organ cut by a face of the
@@ -306,7 +316,7 @@ class TwoStepPredictor:
             return np.zeros(image.shape, dtype=np.uint8)
         report.tiles["tumor"] = tumor.count_tiles(box_shape(box), cfg.step, cfg.mirror)
         return tumor.predict_labels(
-            image, box=box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision,
+            image, box=box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision, engine=self.engine,
             tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: tumor",
         )
 
@@ -342,7 +352,7 @@ class TwoStepPredictor:
         coarse = downsample(image, cfg.roi_downsample)
         report.tiles["roi"] = organ.count_tiles(coarse.shape, cfg.roi_step)
         coarse_label = organ.predict_labels(
-            coarse, step=cfg.roi_step, precision=cfg.precision, tile_batch_size=cfg.tile_batch_size,
+            coarse, step=cfg.roi_step, precision=cfg.precision, engine=self.engine, tile_batch_size=cfg.tile_batch_size,
             progress=progress, desc=f"{report.case}: roi",
         )
         found = label_box(coarse_label, self._fine_organ_ids())

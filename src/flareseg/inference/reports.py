@@ -21,6 +21,7 @@ class PredictionReport:
         input, output: paths (None for an in-memory volume / when nothing was written).
         mode: the inference mode.
         device: where the networks ran.
+        engine: what ran them ('torch', 'onnxruntime', 'openvino'; after any fallback to torch).
         input_shape, input_spacing: the input's grid.
         network_shape: the organ model's network grid (after body crop and resampling).
         organ_box, tumor_box: the boxes of the network grids the models saw (None: not run).
@@ -36,6 +37,7 @@ class PredictionReport:
     output: str | None = None
     mode: str = ""
     device: str = ""
+    engine: str = ""
     input_shape: tuple[int, int, int] | None = None
     input_spacing: tuple[float, float, float] | None = None
     network_shape: tuple[int, int, int] | None = None

@@ -244,6 +244,9 @@ class NnUNetAxisOrder(torch.nn.Module):
         self.forward_order = (0, 1) + tuple(2 + (2 - t) for t in transpose_forward)
         self.backward_order = tuple(int(i) for i in np.argsort(self.forward_order))
 
+    def extra_repr(self) -> str:
+        return f"forward_order={self.forward_order}"  # in the repr, so the ONNX graph's cache key covers the transpose
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.network(x.permute(*self.forward_order).contiguous())
         return logits.permute(*self.backward_order)

@@ -9,7 +9,9 @@ whole network grid or a box of it, and returns labels (the arg-max mapped throug
 
 How the model is run comes from the folder's ``inference`` section, which training wrote
 (:class:`~flareseg.config.InferenceDefaults`): the tile size, the value tiles are padded with, and the
-axes it may be mirrored along at test time (``mirror=None`` asks for exactly those).
+axes it may be mirrored along at test time (``mirror=None`` asks for exactly those). What runs the
+network on each tile is the `engine` (:mod:`flareseg.model.engine`): torch itself, or its ONNX
+export on ONNX Runtime or OpenVINO; tiling, mirroring and blending are the same for all.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ import torch
 from flareseg.config import Fingerprint, PreprocessConfig
 from flareseg.errors import ConfigError
 from flareseg.model.device import resolve_device
+from flareseg.model.engine import check_engine, onnx_runner
 from flareseg.model.folder import ModelConfig, load_model
 from flareseg.model.nnunet import is_nnunet_folder, load_nnunet_model
 from flareseg.transforms.preprocessing import normalize
 from flareseg.transforms.roi import Box, box_slices, full_box, is_empty
-from flareseg.model.sliding_window import count_tiles, network_predictor, sliding_window_argmax
+from flareseg.model.sliding_window import TilePredictor, count_tiles, mirrored, network_predictor, sliding_window_argmax
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,7 @@ class ModelPredictor:
         self.network = network.to(self.device).eval()
         self.folder = folder
         self._lookup = np.asarray(config.channel_labels, dtype=np.uint8)
+        self._runners: dict[str, TilePredictor] = {}
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu") -> "ModelPredictor":
@@ -102,9 +106,33 @@ class ModelPredictor:
         """Normalise a network-grid image in HU with this model's fingerprint."""
         return normalize(hu, self.config.fingerprint)
 
-    def tile_predictor(self, *, mirror: Sequence[int] | None = (), precision: str = "auto"):
-        """The network as a tile predictor, averaged over the flips of `mirror` (None: :attr:`mirror_axes`)."""
-        return network_predictor(self.network, mirror_axes=self.resolve_mirror(mirror), precision=precision, device=self.device)
+    def engine_runner(self, engine: str) -> TilePredictor:
+        """The network exported to ONNX and run by `engine` ('onnxruntime' or 'openvino'), float32.
+
+        Built on first use and kept: the graph is looked up in (or exported to) the cache keyed by the
+        weights (:func:`flareseg.model.engine.cached_graph`; for a loaded folder, its ``onnx/``).
+        Whether the engine is installed is the caller's check (:func:`~flareseg.model.engine.available_engine`).
+
+        Raises:
+            ConfigError: not an ONNX engine, or a device other than the CPU.
+            ModelFolderError: the engine cannot load the graph.
+        """
+        if engine not in self._runners:
+            tile_shape = (self.config.network.in_channels, *self.patch_size)
+            self._runners[engine] = onnx_runner(engine, self.network, tile_shape=tile_shape, folder=self.folder, device=self.device)
+        return self._runners[engine]
+
+    def tile_predictor(self, *, mirror: Sequence[int] | None = (), precision: str = "auto", engine: str = "torch") -> TilePredictor:
+        """The network as a tile predictor run by `engine`, averaged over the flips of `mirror` (None: :attr:`mirror_axes`).
+
+        Raises:
+            ConfigError: an unknown engine, or a precision the engine does not support (ONNX engines: fp32).
+        """
+        check_engine(engine, precision)
+        axes = self.resolve_mirror(mirror)
+        if engine == "torch":
+            return network_predictor(self.network, mirror_axes=axes, precision=precision, device=self.device)
+        return mirrored(self.engine_runner(engine), axes)
 
     def count_tiles(self, shape: Sequence[int], step: float, mirror: Sequence[int] | None = ()) -> int:
         """Network evaluations needed for a region of `shape` (mirroring included; None: :attr:`mirror_axes`)."""
@@ -118,6 +146,7 @@ class ModelPredictor:
         step: float = 0.5,
         mirror: Sequence[int] | None = (),
         precision: str = "auto",
+        engine: str = "torch",
         tile_batch_size: int = 1,
         progress: bool = False,
         desc: str | None = None,
@@ -131,6 +160,7 @@ class ModelPredictor:
             mirror: network-grid axes to average test-time flips over; () none, None the model's own
                 :attr:`mirror_axes` (the axes it was trained flipped along).
             step, precision, tile_batch_size: see :func:`flareseg.model.sliding_window.iter_blended_slabs`.
+            engine: what runs the network on each tile: 'torch', 'onnxruntime' or 'openvino' (:meth:`tile_predictor`).
 
         Returns:
             (X, Y, Z) uint8 label map on the image's grid, e.g. 0-13 for an organ model, 0/14 for a tumour model.
@@ -142,7 +172,7 @@ class ModelPredictor:
         region = np.ascontiguousarray(image[box_slices(box)], dtype=np.float32)
         index = sliding_window_argmax(
             region,
-            self.tile_predictor(mirror=mirror, precision=precision),
+            self.tile_predictor(mirror=mirror, precision=precision, engine=engine),
             patch_size=self.patch_size,
             step=step,
             tile_batch_size=tile_batch_size,
