@@ -310,7 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lesion-confidence", type=_number(float, low=0, high=1), default=0.9, help="keep teacher lesions only at or above this (default 0.9)")
     p.add_argument("--mode", choices=("fast", "accurate", "paper"), default="fast", help="the teacher's inference mode (default fast)")
     p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's)")
+    p.add_argument("--engine", choices=ENGINES, help="what runs the teacher's networks: torch (default), onnxruntime or openvino (CPU, fp32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
+    p.set_defaults(organs=None)  # the teacher labels every class
 
     for name, help_text, func in (
         ("predict", "two-step segmentation of a CT file, a DICOM folder or a folder of CTs", _cmd_predict),
