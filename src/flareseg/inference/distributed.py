@@ -302,6 +302,7 @@ class RayRunner:
         log.info("%s", batch.summary())
         return batch
 
+
 def predict_folder_ray(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
