@@ -42,6 +42,7 @@ def _isolated(monkeypatch, tmp_path):
 @pytest.fixture(params=ONNX_ENGINES)
 def engine(request):
     pytest.importorskip(PACKAGES[request.param])
+    pytest.importorskip("onnx")  # torch's exporter needs it (the engines' extras install it)
     return request.param
 
 
@@ -120,6 +121,7 @@ def test_nnunet_folder_runs_on_an_onnx_engine(tmp_path, engine):
 # ------------------------------------------------------------------------------------------ the cache
 def test_the_graph_is_cached_in_the_model_folder_and_reused(models, ct, monkeypatch):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     config = InferenceConfig.for_mode("fast", engine="onnxruntime")
     first = TwoStepPredictor(*models, config=config).segment(ct).label.array
     for folder in models:
@@ -138,6 +140,7 @@ def test_the_graph_is_cached_in_the_model_folder_and_reused(models, ct, monkeypa
 
 def test_changed_weights_are_exported_again(models):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     organ = models[0]
     ModelPredictor.from_folder(organ).engine_runner("onnxruntime")
     (old,) = _graphs(organ)
@@ -152,6 +155,7 @@ def test_changed_weights_are_exported_again(models):
 
 def test_a_corrupt_cached_graph_is_exported_again(models, caplog):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     organ = models[0]
     ModelPredictor.from_folder(organ).engine_runner("onnxruntime")
     (graph,) = _graphs(organ)
@@ -191,6 +195,7 @@ def _read_only(monkeypatch, *folders: Path) -> None:
 
 def test_an_unwritable_model_folder_caches_in_the_user_cache(models, ct, tmp_path, monkeypatch):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     _read_only(monkeypatch, *models)
     try:
         reference = TwoStepPredictor(*models, config=InferenceConfig.for_mode("fast")).segment(ct).label.array
@@ -205,6 +210,7 @@ def test_an_unwritable_model_folder_caches_in_the_user_cache(models, ct, tmp_pat
 
 def test_without_any_writable_cache_the_graph_stays_in_memory(models, tmp_path, monkeypatch, caplog):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     _read_only(monkeypatch, models[0], tmp_path / "user_cache")
     try:
         with caplog.at_level(logging.WARNING, logger="flareseg"):
@@ -217,12 +223,14 @@ def test_without_any_writable_cache_the_graph_stays_in_memory(models, tmp_path, 
 
 
 # ------------------------------------------------------------------------------------------ fallback, settings, CLI
-def test_a_missing_engine_falls_back_to_torch_with_one_warning(models, ct, monkeypatch, caplog):
+@pytest.mark.parametrize("missing", ["openvino", "onnx"])
+def test_a_missing_engine_falls_back_to_torch_with_one_warning(models, ct, monkeypatch, caplog, missing):
+    """Without the engine's runtime, or without the exporter's package (onnx), the networks run on torch."""
     real_import = engine_module.importlib.import_module
 
     def without_openvino(name, *args):
-        if name == "openvino":
-            raise ImportError("No module named 'openvino'")
+        if name == missing:
+            raise ImportError(f"No module named '{missing}'")
         return real_import(name, *args)
 
     monkeypatch.setattr(engine_module.importlib, "import_module", without_openvino)
@@ -250,6 +258,7 @@ def test_engine_settings_are_checked():
 
 def test_cli_predict_with_engine(models, ct, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
     image = write_volume(ct, tmp_path / "ct_0000.nii.gz")
     outputs = {}
     for name in ("torch", "onnxruntime"):

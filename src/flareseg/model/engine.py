@@ -53,6 +53,8 @@ ONNX_ENGINES: tuple[str, ...] = ("onnxruntime", "openvino")
 """The engines that run the exported ONNX graph (float32, CPU)."""
 ENGINE_PACKAGES: dict[str, str] = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 """The package each ONNX engine imports; the flareseg extra that installs it has the same name."""
+EXPORTER_PACKAGE = "onnx"
+"""torch's ONNX exporter needs it; both engines' extras install it."""
 OPSET = 17
 EXPORT_FORMAT = 1
 """Version of the export settings below; part of every graph key, so a change re-exports."""
@@ -73,7 +75,7 @@ def check_engine(engine: str, precision: str = "auto") -> None:
 
 
 def available_engine(engine: str) -> str:
-    """`engine` when its runtime can be imported, else ``'torch'`` with a one-line warning.
+    """`engine` when its runtime and the ONNX exporter's package can be imported, else ``'torch'`` with a one-line warning.
 
     Raises:
         ConfigError: an unknown engine.
@@ -84,6 +86,7 @@ def available_engine(engine: str) -> str:
     package = ENGINE_PACKAGES[engine]
     try:
         importlib.import_module(package)
+        importlib.import_module(EXPORTER_PACKAGE)
     except ImportError as exc:
         log.warning("engine %s is not available (%s; pip install 'flareseg[%s]'): running the networks with torch", engine, exc, package)
         return "torch"
