@@ -7,6 +7,9 @@ from pathlib import Path
 
 # Before torch is imported: idle OpenMP threads sleep instead of spinning (3x faster steps here).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The default engine ('auto') would export every random test model to ONNX for OpenVINO: tests run
+# torch unless they name an engine (tests/test_engine.py covers the others and 'auto' itself).
+os.environ["FLARESEG_ENGINE"] = "torch"
 
 import numpy as np
 import pytest

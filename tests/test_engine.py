@@ -247,13 +247,42 @@ def test_a_missing_engine_falls_back_to_torch_with_one_warning(models, ct, monke
 
 
 def test_engine_settings_are_checked():
-    with pytest.raises(ConfigError, match="inference.engine must be one of torch, onnxruntime, openvino; got 'tensorrt'"):
+    with pytest.raises(ConfigError, match="inference.engine must be one of auto, torch, onnxruntime, openvino; got 'tensorrt'"):
         InferenceConfig.for_mode("fast", engine="tensorrt")
     with pytest.raises(ConfigError, match="'fp16' needs engine torch: onnxruntime runs float32 only"):
         InferenceConfig.for_mode("fast", engine="onnxruntime", precision="fp16")
     check_engine("openvino", "fp32")
     with pytest.raises(ConfigError, match="runs on the CPU; got device cuda"):
         onnx_runner("onnxruntime", torch.nn.Identity(), tile_shape=(1, 8, 8, 8), folder=None, device=torch.device("cuda"))
+
+
+def test_auto_runs_openvino_on_the_cpu_in_float32_and_torch_elsewhere(models, monkeypatch):
+    """The default engine: OpenVINO where it can run (CPU, fp32, installed), torch otherwise; $FLARESEG_ENGINE names another."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv(engine_module.ENGINE_ENV, raising=False)
+    installed = engine_module._import_error("openvino") is None
+    assert engine_module.resolve_engine("auto", cpu) == ("openvino" if installed else "torch")
+    assert engine_module.resolve_engine("auto", cpu, "fp16") == "torch"
+    assert engine_module.resolve_engine("auto", gpu) == "torch"
+    assert engine_module.resolve_engine("torch", cpu) == "torch"
+    monkeypatch.setattr(engine_module, "_import_error", lambda engine: ImportError("No module named 'openvino'"))
+    assert engine_module.resolve_engine("auto", cpu) == "torch"
+    monkeypatch.setenv(engine_module.ENGINE_ENV, "torch")
+    assert engine_module.resolve_engine("auto", cpu) == "torch"
+    for bad in ("auto", "tensorrt"):
+        monkeypatch.setenv(engine_module.ENGINE_ENV, bad)
+        with pytest.raises(ConfigError, match=f"FLARESEG_ENGINE must be one of torch, onnxruntime, openvino; got '{bad}'"):
+            engine_module.resolve_engine("auto", cpu)
+
+
+def test_the_default_engine_is_openvino_where_installed(models, ct, monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    monkeypatch.delenv(engine_module.ENGINE_ENV, raising=False)
+    predictor = TwoStepPredictor(*models)
+    assert predictor.config.engine == "auto" and predictor.engine == "openvino"
+    assert predictor.segment(ct).report.engine == "openvino"
+    assert all(_graphs(folder) for folder in models)
 
 
 def test_cli_predict_with_engine(models, ct, tmp_path, capsys):

@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-lesion-confidence", type=_number(float, low=0, high=1), default=0.9, help="keep teacher lesions only at or above this (default 0.9)")
     p.add_argument("--mode", choices=("fast", "accurate", "paper"), default="fast", help="the teacher's inference mode (default fast)")
     p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's)")
-    p.add_argument("--engine", choices=ENGINES, help="what runs the teacher's networks: torch (default), onnxruntime or openvino (CPU, fp32)")
+    p.add_argument("--engine", choices=ENGINES, help="what runs the teacher's networks: auto (default: openvino on the CPU where installed, else torch), torch, onnxruntime or openvino (CPU, fp32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(organs=None)  # the teacher labels every class
 
@@ -340,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--organs", metavar="LIST", help="write only these labels, names or ids: liver,spleen,... (lesion: the lesions); "
                        "fast mode then runs the fine organ pass around them only, and the tumour model only for lesion")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-        p.add_argument("--engine", choices=ENGINES, help="what runs the networks: torch (default), or their ONNX export on onnxruntime or openvino (CPU, fp32)")
+        p.add_argument("--engine", choices=ENGINES, help="what runs the networks: auto (default: openvino on the CPU where installed, else torch), torch, or their ONNX export on onnxruntime or openvino (CPU, fp32)")
 
     p = _subcommand(sub, "demo", "the whole mission end to end on a synthetic cohort", _cmd_demo)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")

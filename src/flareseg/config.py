@@ -21,8 +21,9 @@ from flareseg.labels import TASK_TABLE, TaskLabels
 
 FORMAT_VERSION = 1
 """Version of the model-folder format written in config.json."""
-ENGINES: tuple[str, ...] = ("torch", "onnxruntime", "openvino")
-"""What can run a network on sliding-window tiles (:mod:`flareseg.model.engine`; ``flareseg predict --engine``)."""
+ENGINES: tuple[str, ...] = ("auto", "torch", "onnxruntime", "openvino")
+"""What can run a network on sliding-window tiles (:mod:`flareseg.model.engine`; ``flareseg predict --engine``);
+``auto`` picks one of the other three (:func:`flareseg.model.engine.resolve_engine`)."""
 
 C = TypeVar("C")
 

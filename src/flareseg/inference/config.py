@@ -53,7 +53,8 @@ class InferenceConfig:
             only the requested organs (plus the lesion hosts when 14 is asked for).
         engine: what runs the networks on each tile: 'torch', or their ONNX export on 'onnxruntime' or
             'openvino' (CPU, float32; :mod:`flareseg.model.engine`); an engine that is not installed
-            falls back to torch with a warning.
+            falls back to torch with a warning. 'auto': OpenVINO on the CPU in float32 where it is
+            installed, else torch (:func:`flareseg.model.engine.resolve_engine`).
     """
 
     mode: str = "fast"
@@ -71,7 +72,7 @@ class InferenceConfig:
     tile_batch_size: int = 1
     postprocess: PostprocessConfig = DEFAULT_POSTPROCESS
     organs: tuple[int, ...] | None = None
-    engine: str = "torch"
+    engine: str = "auto"
 
     def __post_init__(self) -> None:
         if self.organs is not None:

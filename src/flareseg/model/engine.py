@@ -58,6 +58,11 @@ EXPORTER_PACKAGE = "onnx"
 OPSET = 17
 EXPORT_FORMAT = 1
 """Version of the export settings below; part of every graph key, so a change re-exports."""
+CPU_DEFAULT_ENGINE = "openvino"
+"""What ``auto`` runs on the CPU where it is installed: the fastest of the three on the demo's models,
+with torch's labels on every organ and the lesions (docs/efficiency.md, "Inference engines")."""
+ENGINE_ENV = "FLARESEG_ENGINE"
+"""Environment variable naming the engine ``auto`` stands for (for example ``torch``, to skip the ONNX export)."""
 GRAPH_DIR = "onnx"
 """Folder of a model folder that caches its exported graphs."""
 
@@ -74,6 +79,40 @@ def check_engine(engine: str, precision: str = "auto") -> None:
         raise ConfigError(f"inference.precision {precision!r} needs engine torch: {engine} runs float32 only (precision auto or fp32)")
 
 
+def resolve_engine(engine: str, device: torch.device, precision: str = "auto") -> str:
+    """The engine that runs for the configured `engine` on `device`.
+
+    ``auto``: the engine named by ``$FLARESEG_ENGINE`` when set, else :data:`CPU_DEFAULT_ENGINE` on
+    the CPU in float32 where it and the ONNX exporter are installed, else torch (GPUs, fp16/bf16,
+    a plain install), silently. Any other name: :func:`available_engine`.
+
+    Raises:
+        ConfigError: an unknown engine name (here or in ``$FLARESEG_ENGINE``).
+    """
+    check_engine(engine, precision)
+    if engine != "auto":
+        return available_engine(engine)
+    named = os.environ.get(ENGINE_ENV, "").strip()
+    if named:
+        if named == "auto" or named not in ENGINES:
+            raise ConfigError(f"${ENGINE_ENV} must be one of {', '.join(e for e in ENGINES if e != 'auto')}; got {named!r}")
+        check_engine(named, precision)
+        return available_engine(named)
+    if device.type != "cpu" or precision not in ("auto", "fp32") or _import_error(CPU_DEFAULT_ENGINE) is not None:
+        return "torch"
+    return CPU_DEFAULT_ENGINE
+
+
+def _import_error(engine: str) -> ImportError | None:
+    """Why the runtime of the ONNX `engine` or the exporter cannot be imported; None when both can."""
+    try:
+        importlib.import_module(ENGINE_PACKAGES[engine])
+        importlib.import_module(EXPORTER_PACKAGE)
+    except ImportError as exc:
+        return exc
+    return None
+
+
 def available_engine(engine: str) -> str:
     """`engine` when its runtime and the ONNX exporter's package can be imported, else ``'torch'`` with a one-line warning.
 
@@ -83,12 +122,9 @@ def available_engine(engine: str) -> str:
     check_engine(engine)
     if engine not in ONNX_ENGINES:
         return engine
-    package = ENGINE_PACKAGES[engine]
-    try:
-        importlib.import_module(package)
-        importlib.import_module(EXPORTER_PACKAGE)
-    except ImportError as exc:
-        log.warning("engine %s is not available (%s; pip install 'flareseg[%s]'): running the networks with torch", engine, exc, package)
+    error = _import_error(engine)
+    if error is not None:
+        log.warning("engine %s is not available (%s; pip install 'flareseg[%s]'): running the networks with torch", engine, error, ENGINE_PACKAGES[engine])
         return "torch"
     return engine
 
