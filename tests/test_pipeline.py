@@ -193,6 +193,32 @@ def test_models_with_different_spacings(tmp_path):
     assert "restore" in report.timings and "postprocess" in report.timings
 
 
+def test_fast_mode_resamples_the_tumour_grid_around_the_lesion_hosts_only(monkeypatch):
+    """With its own spacing, the tumour model's grid is the part of its whole-body grid around the
+    host organs (at least one patch), not the body, and finds exactly the lesion of the whole grid."""
+    import flareseg.inference.pipeline as pipeline
+
+    regions = []
+    real = pipeline.preprocess_case
+
+    def recording(volume, **kwargs):
+        regions.append(kwargs.get("within"))
+        return real(volume, **kwargs)
+
+    monkeypatch.setattr(pipeline, "preprocess_case", recording)
+    image, truth = phantom_ct(shape=(80, 72, 40), spacing=(1.5, 1.5, 3.0))
+    tumor = tumor_thresholds(spacing=(3.0, 3.0, 2.5))
+    tumor.config = dataclasses.replace(tumor.config, inference=dataclasses.replace(tumor.config.inference, patch_size=(16, 16, 16)))
+    fast = TwoStepPredictor(organ_thresholds(), tumor, config=FAST).segment(image).label.array
+    assert regions[0] is None and regions[1] is not None and len(regions) == 2
+    region = np.array(regions[1])
+    assert (region[:, 1] - region[:, 0] < np.array(image.shape)).any()  # smaller than the volume
+    whole = TwoStepPredictor(organ_thresholds(), tumor, config=dataclasses.replace(FAST, roi=False)).segment(image).label.array
+    assert regions[2:] == [None, None]
+    np.testing.assert_array_equal(fast == LESION, whole == LESION)  # the same voxels of the same grid
+    assert _dice(fast == LESION, truth.array == 2) > 0.8
+
+
 def test_organ_model_only(tmp_path):
     predictor = TwoStepPredictor(organ_thresholds(), None, config=FAST)
     image, truth = phantom_ct()

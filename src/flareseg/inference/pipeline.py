@@ -16,7 +16,9 @@ One case goes through these stages (names as in ``PredictionReport.timings``):
 ``organ``       sliding window of the organ model over the region of interest (or the whole grid, or
                 the paper's middle slab); labels 0-13 on the network grid;
 ``tumor``       sliding window of the tumour model; in ``fast`` mode only over the bounding box of the
-                organs that can hold a lesion (labels.LESION_HOST_IDS) plus ``tumor_margin_mm``;
+                organs that can hold a lesion (labels.LESION_HOST_IDS) plus ``tumor_margin_mm``, and
+                when its preprocessing differs from the organ model's, its grid is resampled here, from
+                that box of the input only (at least one patch wide), not in ``preprocess``;
 ``postprocess`` post-processing of the organ and lesion maps, then the merge (lesion id 14 wins);
 ``restore``     the label map back to the input's exact grid (:func:`~flareseg.transforms.preprocessing.restore_label`);
 ``write``       atomic write (temporary file + rename) in the input's geometry.
@@ -112,6 +114,8 @@ class NetworkInputs:
     organ_image: np.ndarray | None
     tumor_record: PreprocessRecord | None = None
     tumor_image: np.ndarray | None = None
+    tumor_source: Volume | None = None
+    """The input CT, kept when the tumour model's grid is made only around the lesion hosts (``roi`` mode)."""
 
 
 class TwoStepPredictor:
@@ -224,7 +228,7 @@ class TwoStepPredictor:
         report.input_shape, report.input_spacing = volume.shape, tuple(volume.spacing)
         with timer.stage("preprocess"):
             net = self._preprocess(volume)
-        del volume  # the input's voxels are no longer needed, only its grid (in the records)
+        del volume  # the records hold the input's grid; its voxels live on only in net.tumor_source, until the tumour stage
         report.network_shape = tuple(net.organ_image.shape)
         organ_label = self._predict_organs(net, report, timer, progress)
         tumor_label = None
@@ -272,6 +276,8 @@ class TwoStepPredictor:
         if tumor.preprocess_config == organ.preprocess_config:
             inputs.tumor_record = pre_o.record
             inputs.tumor_image = inputs.organ_image if tumor.fingerprint == organ.fingerprint else tumor.normalize(pre_o.image)
+        elif self.config.roi and self.config.paper_slices is None:  # resampled around the lesion hosts once they are known (_predict_lesions)
+            inputs.tumor_source = volume
         else:
             pre_t = preprocess_case(volume, config=tumor.preprocess_config, fingerprint=None)
             inputs.tumor_record, inputs.tumor_image = pre_t.record, tumor.normalize(pre_t.image)
@@ -306,9 +312,18 @@ class TwoStepPredictor:
         net.organ_image = None
         return label
 
-    def _predict_lesions(self, net: NetworkInputs, organ_label: np.ndarray, report: PredictionReport, progress: bool) -> np.ndarray:
-        """The ``tumor`` stage: labels 0/14 on the tumour model's network grid."""
+    def _predict_lesions(self, net: NetworkInputs, organ_label: np.ndarray, report: PredictionReport, progress: bool) -> np.ndarray | None:
+        """The ``tumor`` stage: labels 0/14 on the tumour model's network grid (None: no lesion host found)."""
         cfg, tumor = self.config, self.tumor
+        if net.tumor_source is not None:
+            within = self._host_region(organ_label, net.organ_record, tumor)
+            if within is None:
+                report.notes.append("no lesion-host organ found: the tumour model was not run")
+                log.info("%s: no lesion-host organ predicted; skipping the tumour model", report.case)
+                return None
+            pre_t = preprocess_case(net.tumor_source, config=tumor.preprocess_config, fingerprint=None, within=within)
+            net.tumor_source = None
+            net.tumor_record, net.tumor_image = pre_t.record, tumor.normalize(pre_t.image)
         image = net.tumor_image
         net.tumor_image = None
         box = self._tumor_box(organ_label, net.organ_record, net.tumor_record, image.shape, tumor, report)
@@ -320,6 +335,21 @@ class TwoStepPredictor:
             image, box=box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision, engine=self.engine,
             tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: tumor",
         )
+
+    def _host_region(self, organ_label: np.ndarray, rec_o: PreprocessRecord, tumor: ModelPredictor) -> Box | None:
+        """The voxel box of the reoriented input that the tumour model's grid must cover in ``roi`` mode.
+
+        The lesion hosts' box plus ``tumor_margin_mm`` (on the organ grid), mapped to the input's LPS
+        grid and widened to at least one tumour patch, so the tiles see the context they would see on
+        the whole grid. None when no host organ was predicted.
+        """
+        hosts = label_box(organ_label, LESION_HOST_IDS)
+        if hosts is None:
+            return None
+        box = expand_box(hosts, margin_voxels(self.config.tumor_margin_mm, rec_o.network.spacing), organ_label.shape)
+        box = map_box(box, rec_o.network, rec_o.canonical)
+        patch = np.ceil(np.asarray(tumor.patch_size) * np.asarray(tumor.spacing) / np.asarray(rec_o.canonical.spacing)).astype(int)
+        return ensure_min_size(box, patch, rec_o.canonical.shape)
 
     def _assemble(self, organ_label: np.ndarray, tumor_label: np.ndarray | None, net: NetworkInputs, timer: StageTimer) -> np.ndarray:
         """The ``postprocess`` and ``restore`` stages: the merged label map on the input's grid.

@@ -20,6 +20,7 @@ from flareseg.config import Fingerprint, PreprocessConfig
 from flareseg.errors import GeometryError
 from flareseg.io import Grid, Volume, orientation_code
 from flareseg.io.read import MAX_VOXELS
+from flareseg.transforms.roi import expand_box, full_box, intersect, is_empty, map_box
 
 CANONICAL_ORIENTATION = "LPS"
 """Index axes I, J, K point to patient left, posterior and superior: K is the axial (slice) axis."""
@@ -115,6 +116,19 @@ def resampled_grid(grid: Grid, target_spacing: tuple[float, float, float]) -> Gr
     return Grid(tuple(int(s) for s in shape), tuple(float(t) for t in target), tuple(origin), grid.direction)
 
 
+def anti_aliasing_sigma(source_mm, target_mm) -> np.ndarray:
+    """(3,) Gaussian sigma in mm that :func:`resample_image` smooths with before going from `source_mm` to `target_mm` spacing."""
+    source, target = np.asarray(source_mm, dtype=float), np.asarray(target_mm, dtype=float)
+    return 0.5 * np.sqrt(np.maximum(target**2 - source**2, 0))
+
+
+def sub_grid(grid: Grid, box: tuple[tuple[int, int], ...]) -> Grid:
+    """The voxels `box` of `grid` as a grid of their own (same spacing and direction, shifted origin)."""
+    start = np.array([a for a, _ in box], dtype=float)
+    origin = np.asarray(grid.origin) + np.array(grid.direction).reshape(3, 3) @ (start * np.asarray(grid.spacing))
+    return Grid(tuple(int(b - a) for a, b in box), grid.spacing, tuple(float(o) for o in origin), grid.direction)  # type: ignore[arg-type]
+
+
 def resample_image(volume: Volume, grid: Grid) -> Volume:
     """Resample a CT onto `grid` with linear interpolation, smoothing first where it is coarser (anti-aliasing).
 
@@ -127,7 +141,7 @@ def resample_image(volume: Volume, grid: Grid) -> Volume:
     if image.GetPixelID() != sitk.sitkFloat32:
         image = sitk.Cast(image, sitk.sitkFloat32)
     source, target = np.asarray(volume.spacing), np.asarray(grid.spacing)
-    sigma = 0.5 * np.sqrt(np.maximum(target**2 - source**2, 0))
+    sigma = anti_aliasing_sigma(source, target)
     for axis in np.flatnonzero(target / source > 1.3):
         if image.GetSize()[axis] >= 4:
             image = sitk.RecursiveGaussian(image, float(sigma[axis]), False, sitk.RecursiveGaussianImageFilter.ZeroOrder, int(axis))
@@ -222,6 +236,7 @@ def preprocess_case(
     *,
     config: PreprocessConfig,
     fingerprint: Fingerprint | None,
+    within: tuple[tuple[int, int], ...] | None = None,
 ) -> PreprocessedCase:
     """Reorient, body-crop, resample and (with a fingerprint) normalise a CT and its optional label map.
 
@@ -230,19 +245,30 @@ def preprocess_case(
         label: label map on the image's grid, or None.
         config: target spacing and body-crop settings.
         fingerprint: normalisation statistics; None leaves the image in HU.
+        within: ((i0, i1), (j0, j1), (k0, k1)) voxel box of the reoriented (LPS) image, a region of
+            interest: the network grid is then the part of the whole-body grid that covers it (the
+            same voxels, resampled from that region plus the anti-aliasing kernel's reach only).
+            None: the whole body.
 
     Returns:
         The network-grid arrays and the record to invert it.
 
     Raises:
-        GeometryError: the label's grid differs from the image's.
+        GeometryError: the label's grid differs from the image's; `within` misses the body.
     """
     if label is not None and not label.same_grid(image):
         raise GeometryError(f"label grid ({label.describe_grid()}) differs from image grid ({image.describe_grid()})")
     canonical = to_canonical(image)
     box = body_bounding_box(canonical, threshold_hu=config.body_threshold_hu, margin_mm=config.body_margin_mm)
+    grid = resampled_grid(crop(canonical, box).grid, config.target_spacing)
+    if within is not None:
+        region = map_box(intersect(box, within), canonical.grid, grid)
+        if is_empty(intersect(box, within)) or is_empty(region):
+            raise GeometryError(f"the region {within} does not overlap the body {box}")
+        grid = sub_grid(grid, region)
+        reach = np.ceil(4 * anti_aliasing_sigma(canonical.spacing, grid.spacing) / np.asarray(canonical.spacing)).astype(int) + 1
+        box = intersect(box, expand_box(map_box(full_box(grid.shape), grid, canonical.grid), reach, canonical.shape))
     cropped = crop(canonical, box)
-    grid = resampled_grid(cropped.grid, config.target_spacing)
     resampled = resample_image(cropped, grid)
     array = resampled.array if fingerprint is None else normalize(resampled.array, fingerprint)
     label_array = None
