@@ -11,7 +11,8 @@ script creates (``--venv``, torch pinned by the project's constraints file). Sta
 2. **train**: ``--cases`` synthetic phantoms (all 13 organs in view, LPS, resampled to 5 mm isotropic,
    the lesion counted as background as flareseg's organ task does) as an nnU-Net raw dataset,
    ``nnUNetv2_plan_and_preprocess`` (3d_fullres; the planned features per stage scaled by ``--width``
-   so that training fits 2 CPU cores) and ``nnUNetv2_train`` on the CPU, fold 0;
+   and the patch set by ``--patch``, so that training fits 2 CPU cores) and ``nnUNetv2_train`` on
+   the CPU, fold 0;
 3. **measure** (run it alone on the machine): on the 512 x 512 x 300 benchmark CT of
    ``scripts/bench_inference.py`` and the real CT sample (``../shared/data/real/totalsegmentator_ct``,
    stored RAS), four commands, each its own process, interleaved, ``--repeats`` times:
@@ -167,19 +168,19 @@ def model_folder(args: argparse.Namespace) -> Path:
     return args.out / "nnUNet_results" / DATASET / f"{TRAINER}__nnUNetPlans__{CONFIGURATION}"
 
 
-def _narrow_plans(plans_file: Path, width: float) -> None:
-    """Scale the 3d_fullres network's features per stage by `width` (once; the plans remember it).
+def _shrink_plans(plans_file: Path, width: float, patch: list[int]) -> None:
+    """Scale the 3d_fullres network's features per stage by `width` and set its patch to `patch`.
 
-    At nnU-Net's planned 32-320 features a 64x96x96 step took over 16 s on 2 busy CPU cores; the
-    comparison needs weights nnU-Net's own trainer wrote, not a large network.
+    nnU-Net planned 32-320 features and a 64x96x96 patch here: over 16 s a step on 2 busy CPU cores
+    (half the features: still over 20 s). The comparison needs weights that nnU-Net's own trainer
+    wrote, not a large network. The planned values are kept in the plans under ``flareseg_peer``.
     """
     plans = json.loads(plans_file.read_text())
-    arch = plans["configurations"][CONFIGURATION]["architecture"]["arch_kwargs"]
-    if plans.get("flareseg_peer_width") == width:
-        return
-    original = plans.setdefault("flareseg_peer_planned_features", arch["features_per_stage"])
-    arch["features_per_stage"] = [max(8, int(round(f * width))) for f in original]
-    plans["flareseg_peer_width"] = width
+    config = plans["configurations"][CONFIGURATION]
+    arch = config["architecture"]["arch_kwargs"]
+    planned = plans.setdefault("flareseg_peer", {"features_per_stage": arch["features_per_stage"], "patch_size": config["patch_size"]})
+    arch["features_per_stage"] = [max(8, int(round(f * width))) for f in planned["features_per_stage"]]
+    config["patch_size"] = list(patch)
     plans_file.write_text(json.dumps(plans, indent=2))
 
 
@@ -194,7 +195,7 @@ def train_model(args: argparse.Namespace) -> float:
         print("nnUNetv2_plan_and_preprocess ...", flush=True)
         _run([_bin(args, "nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", CONFIGURATION,
               "-np", "2", "--verify_dataset_integrity"], env, log)
-    _narrow_plans(args.out / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json", args.width)
+    _shrink_plans(args.out / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json", args.width, args.patch)
     print(f"nnUNetv2_train: {args.epochs} epochs of {args.iterations} steps on the CPU (log: {log}) ...", flush=True)
     wall, _ = _run([_bin(args, "nnUNetv2_train"), DATASET_ID, CONFIGURATION, "0", "-tr", TRAINER, "-device", "cpu"], env, log)
     (args.out / "train_time.json").write_text(json.dumps({"minutes": round(wall / 60, 2), "epochs": args.epochs, "iterations": args.iterations}))
@@ -271,7 +272,7 @@ def report(args: argparse.Namespace, result: dict, train_minutes: float) -> str:
     lines = [
         "# nnU-Net v2's predictor against flareseg on the same nnU-Net weights", "",
         f"Command: `{cmd}`  ", f"Machine: {cpu_info().summary()}  ",
-        f"Model: nnU-Net v2 3d_fullres (its planned features x {args.width}), {TRAINER} ({args.epochs} epochs x {args.iterations} steps, {train_minutes} min on this CPU), "
+        f"Model: nnU-Net v2 3d_fullres (its planned features x {args.width}, patch {'x'.join(map(str, args.patch))}), {TRAINER} ({args.epochs} epochs x {args.iterations} steps, {train_minutes} min on this CPU), "
         f"{args.cases} phantoms at 5 mm; medians of {args.repeats} runs, each command its own process, interleaved.", "",
         "| input | command | wall s (median) | peak RSS GiB | nnU-Net default / this | nnU-Net no-TTA / this |", "|---|---|---|---|---|---|",
     ]
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=16, help="training phantoms (default 16)")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--width", type=float, default=0.5, help="scale of nnU-Net's planned features per stage (default 0.5)")
+    parser.add_argument("--patch", type=int, nargs=3, default=(32, 48, 48), help="nnU-Net's patch instead of the planned one (default 32 48 48; each axis a multiple of 16)")
     parser.add_argument("--iterations", type=int, default=15, help="steps per epoch (default 15)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
