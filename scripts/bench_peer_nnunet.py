@@ -185,10 +185,15 @@ def _shrink_plans(plans_file: Path, width: float, patch: list[int]) -> None:
 
 
 def train_model(args: argparse.Namespace) -> float:
-    """Plan, preprocess and train fold 0 (skipped when its final checkpoint exists); returns training minutes."""
-    folder = model_folder(args)
-    if (folder / "fold_0" / "checkpoint_final.pth").is_file():
-        return json.loads((args.out / "train_time.json").read_text())["minutes"]
+    """Plan, preprocess and train fold 0; returns the training minutes.
+
+    Done when the final checkpoint is there for ``--epochs``; a model trained for fewer epochs is
+    trained on to ``--epochs`` (nnU-Net's ``--c``), its minutes added up.
+    """
+    folder, record = model_folder(args), args.out / "train_time.json"
+    done = json.loads(record.read_text()) if record.is_file() else {"minutes": 0.0, "epochs": 0}
+    if (folder / "fold_0" / "checkpoint_final.pth").is_file() and done["epochs"] >= args.epochs:
+        return done["minutes"]
     write_dataset(args)
     env, log = _nnunet_env(args), args.out / "nnunet_train.log"
     if not (args.out / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json").is_file():
@@ -196,10 +201,12 @@ def train_model(args: argparse.Namespace) -> float:
         _run([_bin(args, "nnUNetv2_plan_and_preprocess"), "-d", DATASET_ID, "-c", CONFIGURATION,
               "-np", "2", "--verify_dataset_integrity"], env, log)
     _shrink_plans(args.out / "nnUNet_preprocessed" / DATASET / "nnUNetPlans.json", args.width, args.patch)
-    print(f"nnUNetv2_train: {args.epochs} epochs of {args.iterations} steps on the CPU (log: {log}) ...", flush=True)
-    wall, _ = _run([_bin(args, "nnUNetv2_train"), DATASET_ID, CONFIGURATION, "0", "-tr", TRAINER, "-device", "cpu"], env, log)
-    (args.out / "train_time.json").write_text(json.dumps({"minutes": round(wall / 60, 2), "epochs": args.epochs, "iterations": args.iterations}))
-    return round(wall / 60, 2)
+    more = ["--c"] if done["epochs"] else []
+    print(f"nnUNetv2_train: epochs {done['epochs']} to {args.epochs}, {args.iterations} steps each, on the CPU (log: {log}) ...", flush=True)
+    wall, _ = _run([_bin(args, "nnUNetv2_train"), DATASET_ID, CONFIGURATION, "0", "-tr", TRAINER, "-device", "cpu", *more], env, log)
+    minutes = round(done["minutes"] + wall / 60, 2)
+    record.write_text(json.dumps({"minutes": minutes, "epochs": args.epochs, "iterations": args.iterations}))
+    return minutes
 
 
 def write_inputs(args: argparse.Namespace) -> dict[str, Path]:

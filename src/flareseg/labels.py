@@ -6,6 +6,10 @@ Every module that needs a label id, a class name or a tolerance imports it from 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # numpy is imported where it is used: this module stays import-light
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ class TaskLabels:
         ids = set(int(i) for i in labelled_ids)
         return tuple(c == 0 or label in ids for c, label in enumerate(self.channel_labels))
 
-    def target_lut(self) -> "np.ndarray":
+    def target_lut(self) -> np.ndarray:
         """(256,) uint8 lookup table from FLARE label ids to this task's channel indices.
 
         An id that is not one of this task's classes maps to 0 (background): for the organ task the
@@ -169,7 +173,7 @@ def tolerance_of(label_id: int) -> float:
     return tol
 
 
-def colormap() -> "np.ndarray":
+def colormap() -> np.ndarray:
     """Return a (15, 3) uint8 array of display colours indexed by label id."""
     import numpy as np
 
