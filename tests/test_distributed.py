@@ -157,6 +157,20 @@ class TestOnePool:
             os.kill(killed[1], 0)
 
 
+    def test_a_bad_case_is_reported_by_name_and_the_others_finish(self, runner, serial, inputs, tmp_path):
+        folder = tmp_path / "in"
+        folder.mkdir()
+        for p in inputs.iterdir():
+            os.symlink(p, folder / p.name)
+        (folder / "broken_0000.nii.gz").write_bytes(b"not a nifti at all")
+        out = tmp_path / "out"
+        batch = runner.predict_folder(folder, out, progress=False)
+        assert not batch.ok and list(batch.failed) == ["broken"] and "broken_0000.nii.gz" in batch.failed["broken"]
+        assert sorted(r.case for r in batch.predicted) == list(CASES)
+        _assert_same_outputs(out, serial)
+
+
+@pytest.mark.slow  # its own pool: two more workers importing torch (the class above covers the runner)
 def test_a_bad_case_is_reported_by_name_and_the_others_finish_exit_2(cluster, models, inputs, serial, tmp_path, capsys):
     folder = tmp_path / "in"
     folder.mkdir()

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from flareseg.config import (
     FORMAT_VERSION,
@@ -36,7 +36,7 @@ from flareseg.config import (
 )
 from flareseg.errors import ConfigError, ModelFolderError
 from flareseg.labels import TASK_TABLE
-from flareseg.io import atomic_output, atomic_write_bytes, read_json
+from flareseg.io import atomic_write_bytes, read_json
 from flareseg.model.network import build_network
 from flareseg.transforms.preprocessing import pad_value_of
 
@@ -134,11 +134,15 @@ def inference_defaults(train: TrainConfig, fingerprint: Fingerprint) -> Inferenc
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """Save tensors as safetensors, atomically."""
-    with atomic_output(path) as tmp:
-        # clone(): a DynUNet state_dict holds aliases (skip_layers.* share storage with the blocks), which
-        # safetensors refuses; each key gets its own copy so load_state_dict(strict=True) finds them all.
-        save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    """Save tensors as safetensors, atomically.
+
+    Serialised in memory and written by :func:`~flareseg.io.atomic_write_bytes`: safetensors' own
+    ``save_file`` goes through a ``.tmpXXXXXX`` file of its own beside the target, which a kill -9
+    leaves behind under a name no stale-temporary sweep can attribute.
+    """
+    # clone(): a DynUNet state_dict holds aliases (skip_layers.* share storage with the blocks), which
+    # safetensors refuses; each key gets its own copy so load_state_dict(strict=True) finds them all.
+    atomic_write_bytes(path, save({k: v.detach().cpu().clone().contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
 def write_model_config(folder: Path, cfg: ModelConfig) -> None:
