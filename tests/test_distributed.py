@@ -108,6 +108,16 @@ def _lock_holder(lock: Path) -> int | None:
     return None
 
 
+def _with_a_broken_case(inputs: Path, tmp_path: Path) -> Path:
+    """A folder of the cases of `inputs` (links) plus ``broken_0000.nii.gz``, which is not a NIfTI file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in inputs.iterdir():
+        os.symlink(p, folder / p.name)
+    (folder / "broken_0000.nii.gz").write_bytes(b"not a nifti at all")
+    return folder
+
+
 class TestOnePool:
     """Runs on one pool of two 1-thread workers (it holds the cluster's 2 CPUs until the class ends)."""
 
@@ -156,14 +166,8 @@ class TestOnePool:
         with pytest.raises(ProcessLookupError):
             os.kill(killed[1], 0)
 
-
     def test_a_bad_case_is_reported_by_name_and_the_others_finish(self, runner, serial, inputs, tmp_path):
-        folder = tmp_path / "in"
-        folder.mkdir()
-        for p in inputs.iterdir():
-            os.symlink(p, folder / p.name)
-        (folder / "broken_0000.nii.gz").write_bytes(b"not a nifti at all")
-        out = tmp_path / "out"
+        folder, out = _with_a_broken_case(inputs, tmp_path), tmp_path / "out"
         batch = runner.predict_folder(folder, out, progress=False)
         assert not batch.ok and list(batch.failed) == ["broken"] and "broken_0000.nii.gz" in batch.failed["broken"]
         assert sorted(r.case for r in batch.predicted) == list(CASES)
@@ -172,12 +176,7 @@ class TestOnePool:
 
 @pytest.mark.slow  # its own pool: two more workers importing torch (the class above covers the runner)
 def test_a_bad_case_is_reported_by_name_and_the_others_finish_exit_2(cluster, models, inputs, serial, tmp_path, capsys):
-    folder = tmp_path / "in"
-    folder.mkdir()
-    for p in inputs.iterdir():
-        os.symlink(p, folder / p.name)
-    (folder / "broken_0000.nii.gz").write_bytes(b"not a nifti at all")
-    out = tmp_path / "out"
+    folder, out = _with_a_broken_case(inputs, tmp_path), tmp_path / "out"
     code = main(["-q", "predict", "-i", str(folder), "-o", str(out), "--organ-model", str(models[0]), "--tumor-model", str(models[1]), "--ray", "--workers", "2"])
     printed = capsys.readouterr().out
     assert code == 2
