@@ -66,6 +66,8 @@ def installed_engines() -> list[str]:
 
     out = []
     for engine in ENGINES:
+        if engine == "auto":  # not an engine of its own: it picks one of the others
+            continue
         try:
             if engine in ENGINE_PACKAGES:
                 importlib.import_module(ENGINE_PACKAGES[engine])
