@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import shlex
 import shutil
 import statistics
@@ -195,10 +194,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{case['total_s']:.1f} | {case['network_s']:.2f} | {case['load_s']:.2f} | {low} |")
     for engine, agree in figures["dice_vs_torch"].items():
         print(f"Dice per label, {engine} vs torch: {agree}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2))
-        print(f"figures written to {args.json}")
+    bench_inference.write_figures(args.json, figures)
 
 
 if __name__ == "__main__":

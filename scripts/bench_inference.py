@@ -51,6 +51,14 @@ STAGES = ("load", "read", "preprocess", "roi", "organ", "tumor", "postprocess", 
 
 
 # ------------------------------------------------------------------------------------------ inputs
+def write_figures(path: Path | None, figures: dict) -> None:
+    """Write a benchmark's figures as JSON to `path` (none when None), and say where."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(figures, indent=2))
+        print(f"figures written to {path}")
+
+
 def make_ct(shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int = 0):
     """A synthetic abdominal CT of exactly `shape` (flareseg.data.synthetic's phantom, slices cropped or
     repeated at the ends to the requested count) and its label map."""
@@ -342,10 +350,7 @@ def main(argv: list[str] | None = None) -> None:
         figures["memory"] = {"shape": mshape, "spacing": mspacing, "peak_rss_mb": res["peak_rss_mb"], "timings": res["report"]["timings"]}
         print(f"\npeak RSS, fast mode, {mshape} at {mspacing} mm: {res['peak_rss_mb']:.0f} MiB (total {res['report']['timings']['total']:.1f} s)")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2))
-        print(f"figures written to {args.json}")
+    write_figures(args.json, figures)
 
 
 if __name__ == "__main__":

@@ -315,18 +315,19 @@ class TwoStepPredictor:
     def _predict_lesions(self, net: NetworkInputs, organ_label: np.ndarray, report: PredictionReport, progress: bool) -> np.ndarray | None:
         """The ``tumor`` stage: labels 0/14 on the tumour model's network grid (None: no lesion host found)."""
         cfg, tumor = self.config, self.tumor
-        if net.tumor_source is not None:
-            within = self._host_region(organ_label, net.organ_record, tumor)
-            if within is None:
-                report.notes.append("no lesion-host organ found: the tumour model was not run")
-                log.info("%s: no lesion-host organ predicted; skipping the tumour model", report.case)
+        hosts = None
+        if cfg.roi:
+            hosts = self._hosts_box(organ_label, net.organ_record, report)
+            if hosts is None:
                 return None
+        if net.tumor_source is not None:
+            within = self._host_region(hosts, net.organ_record, tumor)
             pre_t = preprocess_case(net.tumor_source, config=tumor.preprocess_config, fingerprint=None, within=within)
             net.tumor_source = None
             net.tumor_record, net.tumor_image = pre_t.record, tumor.normalize(pre_t.image)
         image = net.tumor_image
         net.tumor_image = None
-        box = self._tumor_box(organ_label, net.organ_record, net.tumor_record, image.shape, tumor, report)
+        box = self._tumor_box(hosts, net.organ_record, net.tumor_record, image.shape, tumor)
         report.tumor_box = box
         if box is None:
             return np.zeros(image.shape, dtype=np.uint8)
@@ -336,18 +337,21 @@ class TwoStepPredictor:
             tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: tumor",
         )
 
-    def _host_region(self, organ_label: np.ndarray, rec_o: PreprocessRecord, tumor: ModelPredictor) -> Box | None:
-        """The voxel box of the reoriented input that the tumour model's grid must cover in ``roi`` mode.
-
-        The lesion hosts' box plus ``tumor_margin_mm`` (on the organ grid), mapped to the input's LPS
-        grid and widened to at least one tumour patch, so the tiles see the context they would see on
-        the whole grid. None when no host organ was predicted.
-        """
+    def _hosts_box(self, organ_label: np.ndarray, rec_o: PreprocessRecord, report: PredictionReport) -> Box | None:
+        """The lesion-host organs' box plus ``tumor_margin_mm`` on the organ model's grid; None (noted in
+        `report`) when no host organ was predicted."""
         hosts = label_box(organ_label, LESION_HOST_IDS)
         if hosts is None:
+            report.notes.append("no lesion-host organ found: the tumour model was not run")
+            log.info("%s: no lesion-host organ predicted; skipping the tumour model", report.case)
             return None
-        box = expand_box(hosts, margin_voxels(self.config.tumor_margin_mm, rec_o.network.spacing), organ_label.shape)
-        box = map_box(box, rec_o.network, rec_o.canonical)
+        return expand_box(hosts, margin_voxels(self.config.tumor_margin_mm, rec_o.network.spacing), organ_label.shape)
+
+    def _host_region(self, hosts: Box, rec_o: PreprocessRecord, tumor: ModelPredictor) -> Box:
+        """The voxel box of the reoriented input that the tumour model's grid must cover in ``roi`` mode:
+        `hosts` (on the organ grid) mapped to the input's LPS grid and widened to at least one tumour
+        patch, so the tiles see the context they would see on the whole grid."""
+        box = map_box(hosts, rec_o.network, rec_o.canonical)
         patch = np.ceil(np.asarray(tumor.patch_size) * np.asarray(tumor.spacing) / np.asarray(rec_o.canonical.spacing)).astype(int)
         return ensure_min_size(box, patch, rec_o.canonical.shape)
 
@@ -399,27 +403,13 @@ class TwoStepPredictor:
         box = ensure_min_size(box, organ.patch_size, image.shape)
         return intersect(box, slab)
 
-    def _tumor_box(
-        self,
-        organ_label: np.ndarray,
-        rec_o: PreprocessRecord,
-        rec_t: PreprocessRecord,
-        shape_t: tuple[int, ...],
-        tumor: ModelPredictor,
-        report: PredictionReport,
-    ) -> Box | None:
-        """Where the tumour model runs on its grid; None when it is skipped."""
-        cfg = self.config
+    def _tumor_box(self, hosts: Box | None, rec_o: PreprocessRecord, rec_t: PreprocessRecord, shape_t: tuple[int, ...], tumor: ModelPredictor) -> Box | None:
+        """Where the tumour model runs on its grid: the whole slab, or (``roi`` mode) `hosts` mapped to
+        it and widened to one patch; None when that misses the grid."""
         slab = self._slab(shape_t, tumor)
-        if not cfg.roi:
-            return slab
-        hosts = label_box(organ_label, LESION_HOST_IDS)
         if hosts is None:
-            report.notes.append("no lesion-host organ found: the tumour model was not run")
-            log.info("%s: no lesion-host organ predicted; skipping the tumour model", report.case)
-            return None
-        box = expand_box(hosts, margin_voxels(cfg.tumor_margin_mm, rec_o.network.spacing), organ_label.shape)
-        box = map_box(box, rec_o.network, rec_t.network)
+            return slab
+        box = map_box(hosts, rec_o.network, rec_t.network)
         box = intersect(ensure_min_size(box, tumor.patch_size, shape_t), slab)
         return None if is_empty(box) else box
 
