@@ -27,7 +27,7 @@ import numpy as np
 from flareseg.errors import InputError
 from flareseg.evaluation.lesions import LesionCounts, detect_lesions, pool_detections
 from flareseg.evaluation.metrics import DECIMALS, as_official_labels
-from flareseg.labels import BY_ID, LESION, ORGAN_IDS
+from flareseg.labels import BY_ID, LESION, ORGAN_IDS, label_counts
 
 OFFICIAL_KEYS: dict[int, str] = {i: BY_ID[i].short for i in ORGAN_IDS} | {LESION: "Tumor"}
 """Column names of the official scorer's ``scores.txt`` (``<key>_DSC`` / ``<key>_NSD``)."""
@@ -78,9 +78,9 @@ def case_facts(case: str, reference: np.ndarray, prediction: np.ndarray, *, labe
         GeometryError: the label maps differ in shape.
     """
     ref, pred = as_official_labels(reference), as_official_labels(prediction)
-    counts = np.bincount(ref.view(np.uint8).ravel(), minlength=256)
+    counts = label_counts(ref)
     ids = sorted({int(i) for i in label_ids})
-    present = tuple(i for i in ids if 0 < i < 128 and counts[i] > 0)
+    present = tuple(i for i in ids if 0 < i < 128 and counts.get(i, 0) > 0)
     lesions = detect_lesions(ref == LESION, pred == LESION) if LESION in ids else None
     return CaseFacts(case, present, lesions)
 

@@ -52,13 +52,13 @@ from flareseg.io import Grid, Volume, case_name, read_image, remove_stale_tempor
 from flareseg import __version__
 from flareseg.io.output import check_output_file
 from flareseg.io.write import write_segmentation
-from flareseg.labels import LESION, LESION_HOST_IDS, ORGAN_IDS, TASK_TABLE
+from flareseg.labels import LESION, LESION_HOST_IDS, ORGAN_IDS, TASK_TABLE, label_counts
 from flareseg.model.device import resolve_device
 from flareseg.model.engine import resolve_engine
 from flareseg.model.predictor import ModelPredictor, downsample
 from flareseg.transforms.merge import merge_labels
 from flareseg.transforms.postprocess import postprocess
-from flareseg.transforms.preprocessing import PreprocessRecord, preprocess_case, restore_label
+from flareseg.transforms.preprocessing import BodyCrop, PreprocessRecord, body_crop, preprocess_case, restore_label
 from flareseg.transforms.roi import (
     Box,
     box_shape,
@@ -114,8 +114,8 @@ class NetworkInputs:
     organ_image: np.ndarray | None
     tumor_record: PreprocessRecord | None = None
     tumor_image: np.ndarray | None = None
-    tumor_source: Volume | None = None
-    """The input CT, kept when the tumour model's grid is made only around the lesion hosts (``roi`` mode)."""
+    tumor_source: BodyCrop | None = None
+    """The reoriented input and its body box, kept when the tumour model's grid is made only around the lesion hosts (``roi`` mode)."""
 
 
 class TwoStepPredictor:
@@ -228,7 +228,7 @@ class TwoStepPredictor:
         report.input_shape, report.input_spacing = volume.shape, tuple(volume.spacing)
         with timer.stage("preprocess"):
             net = self._preprocess(volume)
-        del volume  # the records hold the input's grid; its voxels live on only in net.tumor_source, until the tumour stage
+        del volume  # the records hold the input's grid; its voxels live on only in net.tumor_source (reoriented), until the tumour stage
         report.network_shape = tuple(net.organ_image.shape)
         organ_label = self._predict_organs(net, report, timer, progress)
         tumor_label = None
@@ -238,8 +238,7 @@ class TwoStepPredictor:
             with timer.stage("tumor"):
                 tumor_label = self._predict_lesions(net, organ_label, report, progress)
         label = self._assemble(organ_label, tumor_label, net, timer)
-        counts = np.bincount(label.ravel(), minlength=15)
-        report.voxel_counts = {int(i): int(c) for i, c in enumerate(counts) if c and i}
+        report.voxel_counts = label_counts(label)
         if output_path is not None:
             with timer.stage("write"):
                 remove_stale_temporaries(output_path)
@@ -269,7 +268,8 @@ class TwoStepPredictor:
     def _preprocess(self, volume: Volume) -> NetworkInputs:
         """Each model's normalised network-grid image, shared when the two preprocessing settings match."""
         organ, tumor = self.organ, self._tumor_model()
-        pre_o = preprocess_case(volume, config=organ.preprocess_config, fingerprint=None)
+        body = body_crop(volume, organ.preprocess_config)
+        pre_o = preprocess_case(body, config=organ.preprocess_config, fingerprint=None)
         inputs = NetworkInputs(pre_o.record, organ.normalize(pre_o.image))
         if tumor is None:
             return inputs
@@ -277,9 +277,9 @@ class TwoStepPredictor:
             inputs.tumor_record = pre_o.record
             inputs.tumor_image = inputs.organ_image if tumor.fingerprint == organ.fingerprint else tumor.normalize(pre_o.image)
         elif self.config.roi and self.config.paper_slices is None:  # resampled around the lesion hosts once they are known (_predict_lesions)
-            inputs.tumor_source = volume
+            inputs.tumor_source = body
         else:
-            pre_t = preprocess_case(volume, config=tumor.preprocess_config, fingerprint=None)
+            pre_t = preprocess_case(body, config=tumor.preprocess_config, fingerprint=None)
             inputs.tumor_record, inputs.tumor_image = pre_t.record, tumor.normalize(pre_t.image)
         return inputs
 

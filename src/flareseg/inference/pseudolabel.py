@@ -58,7 +58,7 @@ from flareseg.io import (
     write_label,
 )
 from flareseg.io.output import check_output_folder
-from flareseg.labels import LESION, ORGAN_IDS
+from flareseg.labels import LESION, ORGAN_IDS, label_counts
 from flareseg.model.predictor import ModelPredictor
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,7 @@ def plausible_ranges(volumes: list[dict[int, float]], *, margin: float = VOLUME_
 
 def class_volumes(label: np.ndarray, voxel_ml: float) -> dict[int, float]:
     """``{id: mL}`` of every non-zero id of an integer label map."""
-    counts = np.bincount(label.ravel(), minlength=LESION + 1)
-    return {int(i): float(c) * voxel_ml for i, c in enumerate(counts) if c and i}
+    return {i: c * voxel_ml for i, c in label_counts(label).items()}
 
 
 def merge_teacher(

@@ -70,22 +70,64 @@ def from_canonical(array: np.ndarray, canonical: Grid, original: Grid) -> np.nda
     return sitk.GetArrayFromImage(restored).transpose(2, 1, 0)
 
 
+BODY_MASK_MAX_VOXELS = 1 << 23
+"""The body's connected components are labelled on a strided copy of at most this many voxels (8 Mi)."""
+
+
 def body_bounding_box(ct: Volume, *, threshold_hu: float = -500.0, margin_mm: float = 5.0) -> tuple[tuple[int, int], ...]:
     """Bounding box (start, stop) per axis of the largest connected region above `threshold_hu`.
 
-    The box is widened by `margin_mm` and clipped to the volume; a volume with no voxel above the
-    threshold gives the whole volume.
+    The region is found on every s-th voxel along each axis, s the smallest stride leaving at most
+    :data:`BODY_MASK_MAX_VOXELS` voxels (s = 1, exact, up to 8 Mi voxels; s = 2 for 512x512x300: 0.2 s
+    instead of 2 s), and its box widened by s - 1 voxels, then by `margin_mm`, and clipped to the
+    volume; a volume with no voxel above the threshold gives the whole volume.
     """
-    mask = ct.array > threshold_hu
+    stride = 1
+    while np.prod([-(-n // stride) for n in ct.shape], dtype=np.int64) > BODY_MASK_MAX_VOXELS:
+        stride += 1
+    mask = ct.array[::stride, ::stride, ::stride] > threshold_hu
     if not mask.any():
         return tuple((0, s) for s in ct.shape)
     body = cc3d.largest_k(mask, k=1, connectivity=6)
-    coords = [np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
     box = []
-    for axis, idx in enumerate(coords):
-        margin = int(np.ceil(margin_mm / ct.spacing[axis]))
-        box.append((max(0, int(idx[0]) - margin), min(ct.shape[axis], int(idx[-1]) + 1 + margin)))
+    for axis in range(3):
+        idx = np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != axis)))
+        margin = int(np.ceil(margin_mm / ct.spacing[axis])) + stride - 1
+        box.append((max(0, int(idx[0]) * stride - margin), min(ct.shape[axis], int(idx[-1]) * stride + 1 + margin)))
     return tuple(box)
+
+
+@dataclass(frozen=True)
+class BodyCrop:
+    """A CT reoriented to LPS and its body's bounding box: the first two preprocessing steps, which
+    every model's preprocessing of one input shares (:func:`body_crop`).
+
+    Attributes:
+        original: the input's grid.
+        canonical: the input reoriented to LPS.
+        box: (start, stop) voxel indices per axis of the body in `canonical`.
+        threshold_hu, margin_mm: the settings `box` was found with.
+    """
+
+    original: Grid
+    canonical: Volume
+    box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    threshold_hu: float
+    margin_mm: float
+
+    def for_config(self, config: PreprocessConfig) -> "BodyCrop":
+        """This crop, or the same reoriented CT with the box found again when `config`'s body settings differ."""
+        if (config.body_threshold_hu, config.body_margin_mm) == (self.threshold_hu, self.margin_mm):
+            return self
+        box = body_bounding_box(self.canonical, threshold_hu=config.body_threshold_hu, margin_mm=config.body_margin_mm)
+        return BodyCrop(self.original, self.canonical, box, config.body_threshold_hu, config.body_margin_mm)  # type: ignore[arg-type]
+
+
+def body_crop(image: Volume, config: PreprocessConfig) -> BodyCrop:
+    """`image` reoriented to LPS and the bounding box of its body (`config`'s threshold and margin)."""
+    canonical = to_canonical(image)
+    box = body_bounding_box(canonical, threshold_hu=config.body_threshold_hu, margin_mm=config.body_margin_mm)
+    return BodyCrop(image.grid, canonical, box, config.body_threshold_hu, config.body_margin_mm)  # type: ignore[arg-type]
 
 
 def crop(volume: Volume, box: tuple[tuple[int, int], ...]) -> Volume:
@@ -133,23 +175,79 @@ def resample_image(volume: Volume, grid: Grid) -> Volume:
     """Resample a CT onto `grid` with linear interpolation, smoothing first where it is coarser (anti-aliasing).
 
     The anti-aliasing Gaussian has sigma = 0.5 * sqrt(target^2 - source^2) mm along each axis that is
-    more than 1.3x coarser, applied axis by axis with ITK's recursive (IIR) Gaussian, whose cost does
-    not grow with sigma: 4x faster than a discrete kernel for 0.8 -> 6 mm on a 512x512x300 CT (an
-    axis of fewer than 4 voxels, which the recursive filter refuses, gets the discrete kernel).
+    more than 1.3x coarser, ITK's recursive (IIR) Gaussian, whose cost does not grow with sigma (an
+    axis of fewer than 4 voxels, which it refuses, gets a discrete kernel). Smoothing and linear
+    interpolation are both separable, and along different axes they commute, so the volume is
+    smoothed and interpolated one axis at a time, the axis it shrinks most first: only the first pass
+    runs over every input voxel (0.8 -> 6 mm on a 512x512x300 CT: 0.8 s instead of 3.1 s for the three
+    Gaussians and one trilinear pass). Same result as smoothing all axes and then interpolating
+    trilinearly (to float32 rounding); positions beyond the outermost voxel centres take the edge value.
+    `grid` must share `volume`'s direction (true of every grid this module builds).
+
+    Raises:
+        GeometryError: the grids' directions differ.
     """
-    image = volume.to_sitk()
-    if image.GetPixelID() != sitk.sitkFloat32:
-        image = sitk.Cast(image, sitk.sitkFloat32)
-    source, target = np.asarray(volume.spacing), np.asarray(grid.spacing)
-    sigma = anti_aliasing_sigma(source, target)
-    for axis in np.flatnonzero(target / source > 1.3):
-        if image.GetSize()[axis] >= 4:
-            image = sitk.RecursiveGaussian(image, float(sigma[axis]), False, sitk.RecursiveGaussianImageFilter.ZeroOrder, int(axis))
-        else:  # the recursive filter needs 4 voxels along its axis (a 3-slice series has 3)
-            variance = [float(sigma[axis]) ** 2 if a == axis else 0.0 for a in range(3)]
-            image = sitk.DiscreteGaussian(image, variance, 32, 0.01, True)
-    out = sitk.Resample(image, grid.reference_image(), sitk.Transform(), sitk.sitkLinear, float(volume.array.min()), sitk.sitkFloat32)
-    return Volume.from_sitk(out)
+    scale, offset = _index_map(volume.grid, grid, "resample_image")
+    source = np.asarray(volume.spacing, dtype=float)
+    sigma = anti_aliasing_sigma(source, np.asarray(grid.spacing)) / source  # voxels
+    array = volume.array
+    for axis in np.argsort(-scale, kind="stable"):
+        coords = offset[axis] + np.arange(grid.shape[axis]) * scale[axis]
+        if scale[axis] > 1.3:
+            array = _smooth_and_sample(array.astype(np.float32, copy=False), float(sigma[axis]), coords, int(axis))
+        else:
+            array = _linear_along(array, coords, int(axis))
+    return Volume.on_grid(array.astype(np.float32, copy=False), grid)
+
+
+def _index_map(source: Grid, target: Grid, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset), each (3,): target voxel i along an axis lies at source index offset + i * scale.
+
+    Raises:
+        GeometryError: the grids' directions differ.
+    """
+    direction = np.array(source.direction).reshape(3, 3)
+    if not np.allclose(direction.ravel(), target.direction, atol=1e-6):
+        raise GeometryError(f"{what} needs grids with the same direction")
+    spacing = np.asarray(source.spacing, dtype=float)
+    scale = np.asarray(target.spacing, dtype=float) / spacing
+    offset = direction.T @ (np.asarray(target.origin) - np.asarray(source.origin)) / spacing
+    return scale, offset
+
+
+def _smooth_and_sample(array: np.ndarray, sigma: float, coords: np.ndarray, axis: int) -> np.ndarray:
+    """float32 `array` smoothed along `axis` by a Gaussian of `sigma` voxels (ITK's recursive filter),
+    then sampled at fractional indices `coords` along it (:func:`_linear_along`)."""
+    if array.shape[axis] < 4:  # the recursive filter needs 4 voxels along its axis (a 3-slice series has 3)
+        return _linear_along(ndimage.gaussian_filter1d(array, sigma, axis=axis, mode="nearest", truncate=4.0), coords, axis)
+    fortran = array.strides[0] < array.strides[2]  # a NIfTI's layout: I varies fastest (a crop of one is a view, not contiguous)
+    array = np.asfortranarray(array) if fortran else np.ascontiguousarray(array)  # a copy that keeps the layout: no transposition
+    image = sitk.GetImageFromArray(array.T if fortran else array)  # ITK's x is the contiguous axis
+    del array
+    image = sitk.RecursiveGaussian(image, sigma, False, sitk.RecursiveGaussianImageFilter.ZeroOrder, axis if fortran else 2 - axis)
+    smoothed = sitk.GetArrayViewFromImage(image)  # valid while `image` lives: sampled before it goes
+    return _linear_along(smoothed.T if fortran else smoothed, coords, axis)
+
+
+def _linear_along(array: np.ndarray, coords: np.ndarray, axis: int) -> np.ndarray:
+    """float32 values of `array` at fractional indices `coords` (1-D) along `axis`, linearly interpolated
+    (indices beyond the first or last voxel take its value); the result keeps `array`'s memory layout."""
+    if array.strides[0] < array.strides[2]:  # I varies fastest: work on the C-ordered transpose, whose copies are block copies
+        return _linear_along(array.T, coords, 2 - axis).T
+    n = array.shape[axis]
+    if n == 1:
+        return np.take(array, np.zeros(len(coords), dtype=np.intp), axis=axis).astype(np.float32, copy=False)
+    c = np.clip(coords, 0, n - 1)
+    low = np.minimum(np.floor(c).astype(np.intp), n - 2)
+    shape = [1, 1, 1]
+    shape[axis] = len(coords)
+    weight = (c - low).astype(np.float32).reshape(shape)
+    a = np.take(array, low, axis=axis).astype(np.float32, copy=False)
+    b = np.take(array, low + 1, axis=axis).astype(np.float32, copy=False)
+    b -= a
+    b *= weight
+    b += a
+    return b
 
 
 def resample_label(volume: Volume, grid: Grid) -> Volume:
@@ -165,14 +263,10 @@ def resample_label(volume: Volume, grid: Grid) -> Volume:
     """
     if volume.grid.matches(grid):
         return volume
-    direction = np.asarray(volume.direction)
-    if not np.allclose(direction.ravel(), grid.direction, atol=1e-6):
-        raise GeometryError("resample_label needs grids with the same direction")
-    src_spacing = np.asarray(volume.spacing)
-    scale = np.asarray(grid.spacing) / src_spacing  # source voxels per target voxel
-    offset = direction.T @ (np.asarray(grid.origin) - np.asarray(volume.origin)) / src_spacing  # source index of target voxel 0
-    out = np.zeros(grid.shape, dtype=np.uint8)
-    best = np.full(grid.shape, 0.5, dtype=np.float32)
+    scale, offset = _index_map(volume.grid, grid, "resample_label")
+    order = np.argsort(-scale, kind="stable")  # as resample_image: the axis that grows least first
+    out = np.zeros(grid.shape, dtype=np.uint8, order="F")  # NIfTI's layout: written without a transposing copy
+    best = np.full(grid.shape, 0.5, dtype=np.float32, order="F")
     for value, box in _label_boxes(volume.array):
         lo = np.array([max(a - 1, 0) for a, _ in box])
         hi = np.array([min(b + 1, n) for (_, b), n in zip(box, volume.shape)])
@@ -180,10 +274,9 @@ def resample_label(volume: Volume, grid: Grid) -> Volume:
         t_hi = np.clip(np.ceil((hi - offset) / scale).astype(int) + 1, 0, grid.shape)
         if np.any(t_hi <= t_lo):
             continue
-        indicator = (volume.array[tuple(slice(a, b) for a, b in zip(lo, hi))] == value).astype(np.float32)
-        values = ndimage.affine_transform(
-            indicator, scale, offset=offset + t_lo * scale - lo, output_shape=tuple(t_hi - t_lo), order=1, mode="nearest"
-        )
+        values = np.asfortranarray(volume.array[tuple(slice(a, b) for a, b in zip(lo, hi))] == value, dtype=np.float32)
+        for axis in order:  # trilinear interpolation, one axis at a time
+            values = _linear_along(values, offset[axis] + np.arange(t_lo[axis], t_hi[axis]) * scale[axis] - lo[axis], int(axis))
         region = tuple(slice(a, b) for a, b in zip(t_lo, t_hi))
         wins = values >= best[region]
         out[region][wins] = value
@@ -231,7 +324,7 @@ def compute_fingerprint(samples: np.ndarray) -> Fingerprint:
 
 
 def preprocess_case(
-    image: Volume,
+    image: Volume | BodyCrop,
     label: Volume | None = None,
     *,
     config: PreprocessConfig,
@@ -241,7 +334,7 @@ def preprocess_case(
     """Reorient, body-crop, resample and (with a fingerprint) normalise a CT and its optional label map.
 
     Args:
-        image: CT in HU on any grid.
+        image: CT in HU on any grid, or its :func:`body_crop` (computed once for several models).
         label: label map on the image's grid, or None.
         config: target spacing and body-crop settings.
         fingerprint: normalisation statistics; None leaves the image in HU.
@@ -256,10 +349,10 @@ def preprocess_case(
     Raises:
         GeometryError: the label's grid differs from the image's; `within` misses the body.
     """
-    if label is not None and not label.same_grid(image):
-        raise GeometryError(f"label grid ({label.describe_grid()}) differs from image grid ({image.describe_grid()})")
-    canonical = to_canonical(image)
-    box = body_bounding_box(canonical, threshold_hu=config.body_threshold_hu, margin_mm=config.body_margin_mm)
+    body = image.for_config(config) if isinstance(image, BodyCrop) else body_crop(image, config)
+    if label is not None and not label.grid.matches(body.original):
+        raise GeometryError(f"label grid ({label.describe_grid()}) differs from image grid ({body.original.describe()})")
+    canonical, box = body.canonical, body.box
     grid = resampled_grid(crop(canonical, box).grid, config.target_spacing)
     if within is not None:
         region = map_box(intersect(box, within), canonical.grid, grid)
@@ -275,7 +368,7 @@ def preprocess_case(
     if label is not None:
         label_cropped = crop(to_canonical(label), box)
         label_array = resample_label(label_cropped, grid).array.astype(np.uint8)
-    record = PreprocessRecord(image.grid, canonical.grid, tuple(box), grid)  # type: ignore[arg-type]
+    record = PreprocessRecord(body.original, canonical.grid, tuple(box), grid)  # type: ignore[arg-type]
     return PreprocessedCase(array, label_array, record)
 
 
@@ -298,7 +391,7 @@ def restore_label(label: np.ndarray, record: PreprocessRecord) -> np.ndarray:
     crop_origin = np.asarray(record.canonical.origin) + canonical_dir @ (start * np.asarray(record.canonical.spacing))
     crop_grid = Grid(crop_shape, record.canonical.spacing, tuple(crop_origin), record.canonical.direction)  # type: ignore[arg-type]
     on_crop = resample_label(Volume.on_grid(label.astype(np.uint8), net), crop_grid)
-    full = np.zeros(record.canonical.shape, dtype=np.uint8)
+    full = np.zeros(record.canonical.shape, dtype=np.uint8, order="F")
     full[tuple(slice(a, b) for a, b in record.crop)] = on_crop.array
     restored = from_canonical(full, record.canonical, record.original)
     if tuple(restored.shape) != tuple(record.original.shape):
