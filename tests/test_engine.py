@@ -301,3 +301,15 @@ def test_cli_predict_with_engine(models, ct, tmp_path, capsys):
         main(["predict", "-i", str(image), "-o", str(tmp_path / "x.nii.gz"), "--organ-model", str(models[0]), "--engine", "tensorrt"])
     assert exc.value.code == 2
     assert "invalid choice: 'tensorrt'" in capsys.readouterr().err
+
+
+def test_a_predictor_of_weights_in_training_exports_without_caching(models, tmp_path, engine):
+    """Validation during training runs the network on an ONNX engine from a graph exported for it
+    alone (cache_graphs=False): the tiles are torch's, and no graph file is left in any cache."""
+    trained = ModelPredictor.from_folder(models[0])
+    model = ModelPredictor(trained.config, trained.network, cache_graphs=False)
+    tiles = torch.randn((1, 1, *model.patch_size), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference, got = model.tile_predictor()(tiles), model.tile_predictor(engine=engine)(tiles)
+    assert torch.allclose(got, reference, rtol=1e-3, atol=1e-3 * float(reference.abs().max()))
+    assert not list((tmp_path / "user_cache").rglob("*.onnx")) and not _graphs(models[0])

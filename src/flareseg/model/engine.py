@@ -329,7 +329,9 @@ class OpenVinoRunner:
 RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
 
 
-def onnx_runner(engine: str, network: torch.nn.Module, *, tile_shape: Sequence[int], folder: Path | None, device: torch.device) -> OnnxRuntimeRunner | OpenVinoRunner:
+def onnx_runner(
+    engine: str, network: torch.nn.Module, *, tile_shape: Sequence[int], folder: Path | None, device: torch.device, cache: bool = True
+) -> OnnxRuntimeRunner | OpenVinoRunner:
     """A tile runner for `network` on an ONNX engine, with torch's current thread count.
 
     Args:
@@ -337,6 +339,8 @@ def onnx_runner(engine: str, network: torch.nn.Module, *, tile_shape: Sequence[i
         tile_shape: (C_in, px, py, pz) of one tile.
         folder: the model folder (where the graph is cached; None: the user's cache).
         device: where the sliding window runs; the ONNX engines run on the CPU only.
+        cache: False exports the graph for this runner only (weights in training, which change
+            between validations: no cache file per validation).
 
     Raises:
         ConfigError: not an ONNX engine, or a device other than the CPU.
@@ -346,5 +350,5 @@ def onnx_runner(engine: str, network: torch.nn.Module, *, tile_shape: Sequence[i
         raise ConfigError(f"{engine!r} is not an ONNX engine ({', '.join(ONNX_ENGINES)})")
     if torch.device(device).type != "cpu":
         raise ConfigError(f"engine {engine} runs on the CPU; got device {device} (use engine torch on a GPU)")
-    graph, path = cached_graph(network, tile_shape, folder)
+    graph, path = cached_graph(network, tile_shape, folder) if cache else (export_onnx(network, tile_shape), None)
     return RUNNERS[engine](graph, threads=torch.get_num_threads(), source=path)

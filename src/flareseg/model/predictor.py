@@ -45,13 +45,18 @@ class ModelPredictor:
         network: the network, in eval mode.
         device: where it runs.
         folder: the model folder it came from (None when built from objects).
+        cache_graphs: whether an ONNX engine's graph is cached on disk (False: weights that are still
+            training; the graph is exported for this predictor only).
     """
 
-    def __init__(self, config: ModelConfig, network: torch.nn.Module, device: str | torch.device = "cpu", *, folder: Path | None = None):
+    def __init__(
+        self, config: ModelConfig, network: torch.nn.Module, device: str | torch.device = "cpu", *, folder: Path | None = None, cache_graphs: bool = True
+    ):
         self.config = config
         self.device = resolve_device(device)
         self.network = network.to(self.device).eval()
         self.folder = folder
+        self.cache_graphs = cache_graphs
         self._lookup = np.asarray(config.channel_labels, dtype=np.uint8)
         self._runners: dict[str, TilePredictor] = {}
 
@@ -119,7 +124,9 @@ class ModelPredictor:
         """
         if engine not in self._runners:
             tile_shape = (self.config.network.in_channels, *self.patch_size)
-            self._runners[engine] = onnx_runner(engine, self.network, tile_shape=tile_shape, folder=self.folder, device=self.device)
+            self._runners[engine] = onnx_runner(
+                engine, self.network, tile_shape=tile_shape, folder=self.folder, device=self.device, cache=self.cache_graphs
+            )
         return self._runners[engine]
 
     def tile_predictor(self, *, mirror: Sequence[int] | None = (), precision: str = "auto", engine: str = "torch") -> TilePredictor:

@@ -14,6 +14,7 @@ import torch
 
 from flareseg.config import task_labels
 from flareseg.data.cache import CachedCase
+from flareseg.model.engine import resolve_engine
 from flareseg.model.folder import ModelConfig
 from flareseg.model.predictor import ModelPredictor
 
@@ -35,14 +36,14 @@ def dice_per_class(pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.nd
     return dice.numpy()
 
 
-def case_dice(predictor: ModelPredictor, case: CachedCase, *, step: float, precision: str = "auto") -> np.ndarray:
+def case_dice(predictor: ModelPredictor, case: CachedCase, *, step: float, precision: str = "auto", engine: str = "torch") -> np.ndarray:
     """Segment one cached case on its network grid with `predictor` (no mirroring) and score it.
 
     Args:
         predictor: the model to validate.
         case: a cached case (normalised image and FLARE-id label on the model's network grid).
         step: sliding-window step, ``1 - val_overlap``.
-        precision: as :meth:`ModelPredictor.predict_labels`.
+        precision, engine: as :meth:`ModelPredictor.predict_labels`.
 
     Returns:
         (n_classes - 1,) Dice per foreground class of the predictor's task.
@@ -50,7 +51,7 @@ def case_dice(predictor: ModelPredictor, case: CachedCase, *, step: float, preci
     task = task_labels(predictor.config.task)
     lut = task.target_lut()
     image = np.asarray(case.image, dtype=np.float32)
-    labels = predictor.predict_labels(image, step=step, mirror=(), precision=precision)
+    labels = predictor.predict_labels(image, step=step, mirror=(), precision=precision, engine=engine)
     return dice_per_class(torch.from_numpy(lut[labels]), torch.from_numpy(lut[np.asarray(case.label)]), task.num_channels)
 
 
@@ -73,12 +74,17 @@ def validate(
 
     Returns:
         (n_cases, n_classes - 1) Dice per case and foreground class; (0, n_classes - 1) without cases.
+
+    The networks run on the engine inference's default picks (:func:`~flareseg.model.engine.resolve_engine`
+    'auto': OpenVINO on a CPU in float32 where installed, 12x faster than torch for the tumour model's
+    tiles; torch on a GPU), from a graph exported for this validation only.
     """
     step = 1.0 - config.train.val_overlap
+    engine = resolve_engine("auto", device, precision)
     was_training = network.training
     try:
-        predictor = ModelPredictor(config, network, device)  # puts the network in eval mode
-        rows = [case_dice(predictor, case, step=step, precision=precision) for case in cases]
+        predictor = ModelPredictor(config, network, device, cache_graphs=False)  # puts the network in eval mode
+        rows = [case_dice(predictor, case, step=step, precision=precision, engine=engine) for case in cases]
     finally:
         network.train(was_training)
     return np.stack(rows) if rows else np.zeros((0, len(config.channel_labels) - 1))
