@@ -54,15 +54,20 @@ CONFIGURATION = "3d_fullres"
 TRAIN_SPACING_MM = (5.0, 5.0, 5.0)
 """Coarse enough for nnU-Net to train a few hundred steps on 2 CPU cores (at 3 mm it planned 112x160x128 patches: 12 s a step)."""
 REAL_CT = ROOT.parent / "shared" / "data" / "real" / "totalsegmentator_ct" / "ct.nii.gz"
-COMMANDS = ("nnunet", "nnunet_notta", "accurate", "fast")
+COMMANDS = ("nnunet", "nnunet_notta", "accurate", "fast", "accurate_raw", "fast_raw")
 TITLES = {
     "nnunet": "nnUNetv2_predict (defaults: mirroring)",
     "nnunet_notta": "nnUNetv2_predict --disable_tta",
     "accurate": "flareseg --mode accurate",
     "fast": "flareseg --mode fast",
+    "accurate_raw": "flareseg --mode accurate --no-postprocess",
+    "fast_raw": "flareseg --mode fast --no-postprocess",
 }
-PAIRS = (("accurate", "nnunet"), ("fast", "nnunet_notta"))
-"""Agreement pairs: (flareseg command, the nnU-Net output it should reproduce)."""
+PAIRS = (("accurate", "nnunet"), ("fast", "nnunet_notta"), ("accurate_raw", "nnunet"), ("fast_raw", "nnunet_notta"))
+"""Agreement pairs: (flareseg command, the nnU-Net output it should reproduce). nnU-Net's predictor writes the
+raw arg-max (its post-processing is a separate command), so the ``_raw`` pairs compare like with like."""
+FLARESEG_SRC = ROOT / "src"
+"""The flareseg the commands run: this checkout's (not whichever is installed in the environment)."""
 MIN_VOXELS = 1000
 """Organs smaller than this in the nnU-Net output are left out of the agreement table."""
 
@@ -247,8 +252,9 @@ def command(args: argparse.Namespace, which: str, image: Path, out_dir: Path) ->
                "-c", CONFIGURATION, "-f", "0", "-tr", TRAINER, "-device", "cpu"]
         return cmd + (["--disable_tta"] if which == "nnunet_notta" else [])
     name = image.name.replace("_0000.nii.gz", ".nii.gz")
+    mode, _, raw = which.partition("_")
     return [str(Path(sys.executable).parent / "flareseg"), "predict", "-q", "-i", str(image), "-o", str(out_dir / name),
-            "--organ-model", str(model_folder(args)), "--mode", which, "--overwrite"]
+            "--organ-model", str(model_folder(args)), "--mode", mode, "--overwrite"] + (["--no-postprocess"] if raw else [])
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -264,7 +270,7 @@ def measure(args: argparse.Namespace) -> dict:
             for which in COMMANDS:
                 out_dir = args.out / "outputs" / f"{name}_{which}"
                 out_dir.mkdir(parents=True, exist_ok=True)
-                env = _nnunet_env(args) if which.startswith("nnunet") else {**os.environ, "PYTHONPATH": ""}
+                env = _nnunet_env(args) if which.startswith("nnunet") else {**os.environ, "PYTHONPATH": str(FLARESEG_SRC)}
                 wall, rss = _run(command(args, which, image, out_dir), env, args.out / "measure.log")
                 runs[name][which].append({"seconds": round(wall, 2), "peak_rss_gib": round(rss, 3)})
                 print(f"repeat {repeat + 1}/{args.repeats} {name:9s} {which:13s} {wall:7.1f} s  {rss:5.2f} GiB", flush=True)

@@ -206,3 +206,13 @@ def test_statistics_preview_and_label_tables_beside_the_output(models, ct_file, 
     label = read_image(out, check_ct=False).array
     for name, organ_stats in stats["organs"].items():
         assert organ_stats["voxels"] == int((label == organ_stats["id"]).sum()), name
+
+
+def test_no_postprocess_writes_the_raw_argmax_in_every_mode():
+    """--no-postprocess turns every post-processing rule off (fast, accurate; paper has none); without it the mode's rules hold."""
+    from flareseg.cli import _inference_config, build_parser
+
+    for mode in ("fast", "accurate"):
+        argv = ["predict", "-i", "ct.nii.gz", "-o", "out.nii.gz", "--organ-model", "m", "--mode", mode]
+        assert _inference_config(build_parser().parse_args(argv)).postprocess.enabled
+        assert not _inference_config(build_parser().parse_args(argv + ["--no-postprocess"])).postprocess.enabled

@@ -68,7 +68,26 @@ def test_bad_inputs_raise_input_error_naming_the_file(tmp_path, make, message):
     assert message.lower() in str(info.value).lower()
 
 
-def test_truncated_file(tmp_path):
+@pytest.fixture(params=["isal", "python"])
+def gzip_reader(request, monkeypatch):
+    """Both .nii.gz readers: ISA-L's where installed (flareseg[fast-gzip]), and Python's gzip it falls back to."""
+    import flareseg.io.read as read
+
+    if request.param == "isal":
+        pytest.importorskip("isal")
+    else:
+        monkeypatch.setattr(read, "_gzip_reader", lambda: ((lambda path: __import__("gzip").open(path, "rb")), ()))
+    return request.param
+
+
+def test_both_gzip_readers_read_the_voxels_exactly(tmp_path, gzip_reader):
+    image, _ = phantom_ct()
+    back = read_image(write_volume(image, tmp_path / "ct.nii.gz"))
+    np.testing.assert_array_equal(back.array, image.array)
+    assert back.grid.matches(image.grid)
+
+
+def test_truncated_file(tmp_path, gzip_reader):
     image, _ = phantom_ct()
     path = write_volume(image, tmp_path / "ct.nii.gz")
     data = path.read_bytes()

@@ -101,6 +101,10 @@ def _inference_config(args: argparse.Namespace):
         overrides["organs"] = args.organs
     if args.engine is not None:
         overrides["engine"] = args.engine
+    if args.no_postprocess:
+        from flareseg.transforms.postprocess import OFF
+
+        overrides["postprocess"] = OFF
     return InferenceConfig.for_mode(args.mode, **overrides)
 
 
@@ -312,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's)")
     p.add_argument("--engine", choices=ENGINES, help="what runs the teacher's networks: auto (default: openvino on the CPU where installed, else torch), torch, onnxruntime or openvino (CPU, fp32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
-    p.set_defaults(organs=None)  # the teacher labels every class
+    p.set_defaults(organs=None, no_postprocess=False)  # the teacher labels every class, post-processed
 
     for name, help_text, func in (
         ("predict", "two-step segmentation of a CT file, a DICOM folder or a folder of CTs", _cmd_predict),
@@ -341,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "fast mode then runs the fine organ pass around them only, and the tumour model only for lesion")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
         p.add_argument("--engine", choices=ENGINES, help="what runs the networks: auto (default: openvino on the CPU where installed, else torch), torch, or their ONNX export on onnxruntime or openvino (CPU, fp32)")
+        p.add_argument("--no-postprocess", action="store_true", help="write the networks' arg-max as it is (no island removal, largest component or hole filling), as nnU-Net's predictor does")
 
     p = _subcommand(sub, "demo", "the whole mission end to end on a synthetic cohort", _cmd_demo)
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)")

@@ -81,31 +81,47 @@ def _read_nifti(path: Path) -> Volume:
         dim, size, spacing, origin = 3, size[:3], spacing[:3], origin[:3]
         direction = tuple(np.array(direction).reshape(4, 4)[:3, :3].ravel())
     _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction)
-    pixdim = _nifti_raw_pixdim(path)
+    header_size, pixdim = _nifti_raw_header(path)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
         raise InputError(f"{path}: voxel spacing is missing or not positive in the header (pixdim {tuple(pixdim.tolist())})")
+    open_gzip, gzip_errors = _gzip_reader()
     try:
-        array = np.asanyarray(nib.load(str(path)).dataobj)
-    except (EOFError, OSError, ValueError, zlib.error) as exc:
+        if path.name.lower().endswith(".gz"):
+            with open_gzip(path) as fh:  # nibabel's own reader is Python's gzip
+                image = (nib.Nifti2Image if header_size == 540 else nib.Nifti1Image).from_stream(fh)
+                array = np.asanyarray(image.dataobj)
+        else:
+            array = np.asanyarray(nib.load(str(path)).dataobj)
+    except (EOFError, OSError, ValueError, zlib.error, *gzip_errors) as exc:
         raise InputError(f"{path}: cannot read the voxel data (truncated or corrupt file?): {exc}") from None
     array = np.asarray(array.reshape(tuple(size)))
     return Volume(array, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), np.array(direction, dtype=float).reshape(3, 3))
 
 
-def _nifti_raw_pixdim(path: Path) -> np.ndarray:
-    """pixdim[1:4] exactly as stored (nibabel and ITK silently replace 0 by 1)."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+def _gzip_reader() -> tuple[Any, tuple[type[Exception], ...]]:
+    """(open(path) -> binary file, the errors it raises beyond OSError and EOFError): ISA-L's gzip reader
+    where it is installed (``isal``, in ``flareseg[all]``: a 512x512x300 CT in 0.8 s instead of 1.45 s), else Python's."""
     try:
-        with opener(path, "rb") as fh:
+        from isal import igzip, isal_zlib
+    except ImportError:
+        return (lambda path: gzip.open(path, "rb")), ()
+    return (lambda path: igzip.open(path, "rb")), (isal_zlib.error,)
+
+
+def _nifti_raw_header(path: Path) -> tuple[int, np.ndarray]:
+    """(header size: 348 for NIfTI-1, 540 for NIfTI-2; pixdim[1:4] exactly as stored: nibabel and ITK silently replace 0 by 1)."""
+    opener = _gzip_reader()[0] if path.name.lower().endswith(".gz") else (lambda p: open(p, "rb"))
+    try:
+        with opener(path) as fh:
             header = fh.read(540)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, *_gzip_reader()[1]) as exc:
         raise InputError(f"{path}: cannot read the NIfTI header: {exc}") from None
     for order in "<>":
         size = int(np.frombuffer(header[:4], dtype=f"{order}i4")[0])
         if size == 348:
-            return np.frombuffer(header[76:108], dtype=f"{order}f4")[1:4].astype(float)
+            return size, np.frombuffer(header[76:108], dtype=f"{order}f4")[1:4].astype(float)
         if size == 540:
-            return np.frombuffer(header[104:168], dtype=f"{order}f8")[1:4].astype(float)
+            return size, np.frombuffer(header[104:168], dtype=f"{order}f8")[1:4].astype(float)
     raise InputError(f"{path}: not a NIfTI file (bad header size)")
 
 
