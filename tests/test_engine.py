@@ -17,7 +17,7 @@ from flareseg.config import get_preset
 from flareseg.errors import ConfigError, ModelFolderError
 from flareseg.inference import InferenceConfig, TwoStepPredictor
 from flareseg.io import read_label, write_volume
-from flareseg.model.engine import GRAPH_DIR, ONNX_ENGINES, check_engine, graph_key, onnx_runner
+from flareseg.model.engine import GRAPH_DIR, ONNX_ENGINES, check_engine, onnx_runner
 from flareseg.model.folder import WEIGHTS_FILE, save_tensors
 from flareseg.model.network import build_network
 from flareseg.model.predictor import ModelPredictor
@@ -150,7 +150,7 @@ def test_changed_weights_are_exported_again(models):
     model = ModelPredictor.from_folder(organ)
     model.engine_runner("onnxruntime")
     (new,) = _graphs(organ)  # the graph of the old weights is gone
-    assert new != old and new.stem == graph_key(model.network, (1, *model.patch_size))
+    assert new != old and new.stem == model.graph_key((1, *model.patch_size))
     assert not old.with_suffix(".json").exists()
 
 
@@ -172,7 +172,7 @@ def test_a_corrupt_cached_graph_is_exported_again(models, caplog):
 def test_a_graph_the_engine_cannot_load_is_refused_naming_the_file(models, engine):
     organ = models[0]
     model = ModelPredictor.from_folder(organ)
-    key = graph_key(model.network, (1, *model.patch_size))
+    key = model.graph_key((1, *model.patch_size))
     junk = b"not an onnx graph"
     engine_module._write(organ / GRAPH_DIR, key, junk, (1, *model.patch_size), organ)  # a manifest that matches the junk
     with pytest.raises(ModelFolderError, match=f"{key}.onnx: {engine} cannot load it"):
@@ -254,7 +254,7 @@ def test_engine_settings_are_checked():
         InferenceConfig.for_mode("fast", engine="onnxruntime", precision="fp16")
     check_engine("openvino", "fp32")
     with pytest.raises(ConfigError, match="runs on the CPU; got device cuda"):
-        onnx_runner("onnxruntime", torch.nn.Identity(), tile_shape=(1, 8, 8, 8), folder=None, device=torch.device("cuda"))
+        onnx_runner("onnxruntime", torch.nn.Identity, key=None, tile_shape=(1, 8, 8, 8), folder=None, device=torch.device("cuda"))
 
 
 def test_auto_runs_openvino_on_the_cpu_in_float32_and_torch_elsewhere(models, monkeypatch):
@@ -313,3 +313,19 @@ def test_a_predictor_of_weights_in_training_exports_without_caching(models, tmp_
         reference, got = model.tile_predictor()(tiles), model.tile_predictor(engine=engine)(tiles)
     assert torch.allclose(got, reference, rtol=1e-3, atol=1e-3 * float(reference.abs().max()))
     assert not list((tmp_path / "user_cache").rglob("*.onnx")) and not _graphs(models[0])
+
+
+def test_a_cached_graph_runs_without_building_the_network(models, ct, monkeypatch):
+    """Once a folder's graph is cached, loading the model on an ONNX engine builds no torch network
+    (so a prediction's process need not import MONAI), and the labels are the same."""
+    pytest.importorskip("openvino")
+    first = TwoStepPredictor(models[0], config=InferenceConfig.for_mode("fast", engine="openvino")).segment(ct).label.array
+    import flareseg.model.folder as folder_module
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the network was built although its graph is cached")
+
+    monkeypatch.setattr(folder_module, "build_network", no_network)
+    predictor = TwoStepPredictor(models[0], config=InferenceConfig.for_mode("fast", engine="openvino"))
+    np.testing.assert_array_equal(predictor.segment(ct).label.array, first)
+    assert predictor.organ._network is None

@@ -232,3 +232,12 @@ def test_a_position_free_model_gives_the_same_label_across_tile_borders():
         constant.bias[:] = torch.tensor([0.0, 1.0])
     labels = sliding_window_argmax(image, network_predictor(constant), patch_size=(32, 32, 32), step=0.5, pad_value=-3.0)
     assert (labels == 1).all()
+
+
+@pytest.mark.parametrize("patch", [(64, 48, 48), (48, 48, 48), (7, 1, 13), (128, 128, 128)])
+def test_gaussian_weights_are_monais_importance_map(patch):
+    """The map written out in flareseg (so that inference need not import MONAI) is MONAI's, bit for bit."""
+    from monai.data.utils import compute_importance_map
+
+    expected = compute_importance_map(patch, mode="gaussian", sigma_scale=0.125)
+    assert torch.equal(gaussian_weights(patch), expected)

@@ -233,6 +233,13 @@ def test_cohort_layout_manifest_and_label_regimes(tmp_path):
         else:  # partial
             organs = set(c["labels_annotated"]) - {L.LESION}
             assert 1 <= len(organs) <= 12 and ids - {L.LESION} <= organs
+    # Two processes write the same cohort, byte for byte.
+    parallel = tmp_path.parent / f"{tmp_path.name}_parallel"
+    assert S.generate_cohort(parallel, config, progress=False, workers=2) == manifest
+    for c in cases:
+        for key in ("image", "label"):
+            if c[key] is not None:
+                assert (parallel / c[key]).read_bytes() == (tmp_path / c[key]).read_bytes()
     # Running again into the same folder replaces the earlier cohort's files.
     S.generate_cohort(tmp_path, S.SynthConfig(cases=1, val_cases=0, seed=1, size="small", proportions={"none": 1.0}), progress=False)
     files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.nii.gz"))

@@ -38,7 +38,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     from flareseg.data.synthetic import SynthConfig, generate_cohort
 
     config = SynthConfig(cases=args.cases, val_cases=args.val_cases, seed=args.seed, size=args.size)
-    manifest = generate_cohort(args.out, config, progress=not args.quiet)
+    manifest = generate_cohort(args.out, config, progress=not args.quiet, workers=args.workers)
     counts = ", ".join(f"{k} {v}" for k, v in manifest["regime_counts"].items())
     print(f"wrote {config.cases} training cases ({counts}) and {config.val_cases} validation cases to {args.out}")
     return 0
@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-cases", type=_number(int, low=0), default=4, help="validation cases, labels kept apart (default 4)")
     p.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
     p.add_argument("--size", choices=("full", "small"), default="full", help="full: 512x512 at 0.6-1 mm; small: ~1.5-2 mm, fast")
+    p.add_argument("--workers", type=POSITIVE_INT, default=1, help="processes synthesising cases side by side (the cohort is the same for any number; default 1)")
 
     p = _subcommand(sub, "prepare", "scan a FLARE-layout cohort, select and split the training sets", _cmd_prepare)
     p.add_argument("--data", required=True, type=Path, help="cohort folder (imagesTr/, labelsTr/, unlabeled*/)")

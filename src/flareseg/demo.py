@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -32,6 +33,8 @@ from flareseg.training.loop import train
 log = logging.getLogger(__name__)
 
 MODES = ("paper", "fast")
+MAX_SYNTH_WORKERS = 8
+"""Processes synthesising the phantoms (one per CPU up to this)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +132,8 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig = DemoConfig(), device: 
     _stage(f"1/6 synthesising {config.cases} training + {config.val_cases} validation phantoms")
     synth_manifest = cohort / MANIFEST_NAME
     if not synth_manifest.exists() or not read_json(synth_manifest).get("complete"):
-        generate_cohort(cohort, SynthConfig(cases=config.cases, val_cases=config.val_cases, seed=config.seed, size="small"), progress=progress)
+        synth = SynthConfig(cases=config.cases, val_cases=config.val_cases, seed=config.seed, size="small")
+        generate_cohort(cohort, synth, progress=progress, workers=min(os.cpu_count() or 1, MAX_SYNTH_WORKERS))
 
     _stage("2/6 preparing: the paper's training-set selection and 8:2 split")
     prepared_cohort = prepare_cohort(cohort, prepared, seed=config.seed, progress=progress)

@@ -154,10 +154,9 @@ class TwoStepPredictor:
         self.organ = _as_predictor(organ_model, self.device, "organ")
         self.tumor = None if tumor_model is None else _as_predictor(tumor_model, self.device, "tumor")
         self.engine = resolve_engine(self.config.engine, self.device, self.config.precision)
-        if self.engine != "torch":  # the ONNX graphs are exported or read from their cache now, as part of loading
-            for model in (self.organ, self.tumor):
-                if model is not None:
-                    model.engine_runner(self.engine)
+        for model in (self.organ, self.tumor):  # as part of loading: the ONNX graphs exported or read from their cache, or the networks built
+            if model is not None:
+                _ = model.engine_runner(self.engine) if self.engine != "torch" else model.network
         self.load_seconds = time.perf_counter() - start
 
     def __repr__(self) -> str:

@@ -17,14 +17,16 @@ only: shorter axes are padded). torch 2.13 marks that exporter deprecated; its t
 successor gives an equivalent graph but took 6-12 s instead of 0.7 s for a tiny network here and
 needs onnxscript and onnx besides.
 
-Cache: a graph is stored under the name of its :func:`graph_key` (SHA-256 of the network's module
-tree, every tensor of its state dict, the tile shape and the export settings), as ``<key>.onnx`` with
+Cache: a graph is stored under the name of its :func:`graph_key` (SHA-256 of what decides the
+network's module tree, every tensor of its state dict, the tile shape and the export settings), as ``<key>.onnx`` with
 a manifest ``<key>.json`` holding the graph's own SHA-256 and size. The first writable of
 :func:`cache_dirs` holds it: ``<model folder>/onnx/``, else the user's cache
 (``$XDG_CACHE_HOME/flareseg/onnx``, by default ``~/.cache/flareseg/onnx``); when neither can be
 written the graph is kept in memory for the process (with a warning). Changed weights have another
 key, so they are exported again; a graph whose manifest is missing or does not match its bytes
-(truncated, edited, half-copied) is exported again and replaced; every write is atomic.
+(truncated, edited, half-copied) is exported again and replaced; every write is atomic. The key of a
+flareseg folder is computed from its config and weights file alone, so a prediction whose graphs are
+cached never builds the torch network (nor imports MONAI: 4 s of a process's start).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import logging
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -130,18 +132,19 @@ def available_engine(engine: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ graphs
-def graph_key(network: torch.nn.Module, tile_shape: Sequence[int]) -> str:
-    """SHA-256 (hex) naming the ONNX graph of `network` for tiles of `tile_shape` (C_in, px, py, pz).
+def graph_key(structure: str, tensors: Mapping[str, torch.Tensor], tile_shape: Sequence[int]) -> str:
+    """SHA-256 (hex) naming the ONNX graph of a network for tiles of `tile_shape` (C_in, px, py, pz).
 
-    Covers the module tree (``repr``: layer types, channels, kernels, strides), every tensor of the
-    state dict (name, dtype, shape and bytes), the tile shape and :data:`EXPORT_FORMAT`/:data:`OPSET`.
-    Hashing costs about as much as reading the weights once (0.1 s for 126 MB).
+    Covers `structure` (what decides the module tree: a flareseg folder's
+    :func:`~flareseg.model.folder.network_structure`, else the module's ``repr``), every tensor of the
+    state dict in name order (name, dtype, shape and bytes), the tile shape and
+    :data:`EXPORT_FORMAT`/:data:`OPSET`. Hashing costs about as much as reading the weights once (0.1 s for 126 MB).
     """
     h = hashlib.sha256()
     h.update(json.dumps({"format": EXPORT_FORMAT, "opset": OPSET, "tile": [int(t) for t in tile_shape]}).encode())
-    h.update(repr(network).encode())
-    for name, tensor in network.state_dict().items():
-        t = tensor.detach().cpu().contiguous()
+    h.update(structure.encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy())
     return h.hexdigest()
@@ -233,18 +236,19 @@ def _remove_stale(directory: Path, key: str) -> None:
             path.unlink(missing_ok=True)
 
 
-def cached_graph(network: torch.nn.Module, tile_shape: Sequence[int], folder: Path | None) -> tuple[bytes, Path | None]:
-    """The ONNX graph of `network` for tiles of `tile_shape`, from the cache or freshly exported.
+def cached_graph(key: str, network: Callable[[], torch.nn.Module], tile_shape: Sequence[int], folder: Path | None) -> tuple[bytes, Path | None]:
+    """The ONNX graph named `key` (:func:`graph_key`) for tiles of `tile_shape`, from the cache or freshly exported.
 
     Args:
-        network: the network in eval mode (on any device; exported on the CPU).
+        key: the graph's name, from the weights it is made of.
+        network: builds the network in eval mode (on any device; exported on the CPU); called only
+            when the graph is not cached.
         tile_shape: (C_in, px, py, pz) of one tile.
         folder: the model folder the network came from (None: the user's cache only).
 
     Returns:
         The serialised graph and the file it is cached in (None when no cache folder was writable).
     """
-    key = graph_key(network, tile_shape)
     dirs = cache_dirs(folder)
     for directory in dirs:
         data = _read_valid(directory / f"{key}.onnx")
@@ -252,7 +256,7 @@ def cached_graph(network: torch.nn.Module, tile_shape: Sequence[int], folder: Pa
             log.debug("ONNX graph from the cache %s", directory / f"{key}.onnx")
             return data, directory / f"{key}.onnx"
     start = time.perf_counter()
-    data = export_onnx(network, tile_shape)
+    data = export_onnx(network(), tile_shape)
     log.info("exported the network to ONNX (%.1f MB) in %.1f s", len(data) / 1e6, time.perf_counter() - start)
     for i, directory in enumerate(dirs):
         try:
@@ -330,17 +334,18 @@ RUNNERS = {"onnxruntime": OnnxRuntimeRunner, "openvino": OpenVinoRunner}
 
 
 def onnx_runner(
-    engine: str, network: torch.nn.Module, *, tile_shape: Sequence[int], folder: Path | None, device: torch.device, cache: bool = True
+    engine: str, network: Callable[[], torch.nn.Module], *, key: str | None, tile_shape: Sequence[int], folder: Path | None, device: torch.device
 ) -> OnnxRuntimeRunner | OpenVinoRunner:
-    """A tile runner for `network` on an ONNX engine, with torch's current thread count.
+    """A tile runner for a network on an ONNX engine, with torch's current thread count.
 
     Args:
         engine: 'onnxruntime' or 'openvino' (see :func:`available_engine` for the fallback).
+        network: builds the network in eval mode; called only when its graph must be exported.
+        key: the graph's cache name (:func:`graph_key`); None exports the graph for this runner only
+            (weights in training, which change between validations: no cache file per validation).
         tile_shape: (C_in, px, py, pz) of one tile.
         folder: the model folder (where the graph is cached; None: the user's cache).
         device: where the sliding window runs; the ONNX engines run on the CPU only.
-        cache: False exports the graph for this runner only (weights in training, which change
-            between validations: no cache file per validation).
 
     Raises:
         ConfigError: not an ONNX engine, or a device other than the CPU.
@@ -350,5 +355,5 @@ def onnx_runner(
         raise ConfigError(f"{engine!r} is not an ONNX engine ({', '.join(ONNX_ENGINES)})")
     if torch.device(device).type != "cpu":
         raise ConfigError(f"engine {engine} runs on the CPU; got device {device} (use engine torch on a GPU)")
-    graph, path = cached_graph(network, tile_shape, folder) if cache else (export_onnx(network, tile_shape), None)
+    graph, path = cached_graph(key, network, tile_shape, folder) if key is not None else (export_onnx(network(), tile_shape), None)
     return RUNNERS[engine](graph, threads=torch.get_num_threads(), source=path)

@@ -174,15 +174,55 @@ def load_model(folder: str | os.PathLike, device: str | torch.device = "cpu", *,
     Raises:
         ModelFolderError: missing or mismatched weights.
     """
-    folder = Path(folder)
     cfg = read_model_config(folder)
-    path = folder / weights
+    return cfg, load_network(folder, cfg, device, weights=weights)
+
+
+def weights_path(folder: str | os.PathLike, *, weights: str = WEIGHTS_FILE) -> Path:
+    """The weights file of a model folder.
+
+    Raises:
+        ModelFolderError: it is missing.
+    """
+    path = Path(folder) / weights
     if not path.is_file():
         raise ModelFolderError(f"{folder}: no weights file {weights}")
+    return path
+
+
+def read_weights(folder: str | os.PathLike, *, weights: str = WEIGHTS_FILE) -> dict[str, torch.Tensor]:
+    """The tensors of a model folder's weights file, by name (CPU).
+
+    Raises:
+        ModelFolderError: the file is missing or not a safetensors file.
+    """
+    path = weights_path(folder, weights=weights)
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as exc:
+        raise ModelFolderError(f"{path}: weights do not fit the network in config.json: {str(exc).splitlines()[0]}") from None
+
+
+def load_network(folder: str | os.PathLike, cfg: ModelConfig, device: str | torch.device = "cpu", *, weights: str = WEIGHTS_FILE) -> torch.nn.Module:
+    """The network of `cfg` with the folder's weights, in eval mode on `device`.
+
+    Raises:
+        ModelFolderError: missing or mismatched weights.
+    """
+    state = read_weights(folder, weights=weights)
     network = build_network(cfg.network)
     try:
-        state = load_file(str(path))
         network.load_state_dict(state, strict=True)
-    except (RuntimeError, OSError, SafetensorError) as exc:
-        raise ModelFolderError(f"{path}: weights do not fit the network in config.json: {str(exc).splitlines()[0]}") from None
-    return cfg, network.to(device).eval()
+    except RuntimeError as exc:
+        raise ModelFolderError(f"{Path(folder) / weights}: weights do not fit the network in config.json: {str(exc).splitlines()[0]}") from None
+    return network.to(device).eval()
+
+
+def network_structure(cfg: ModelConfig) -> str:
+    """What decides the module tree :func:`build_network` makes for `cfg`, as text: the network
+    configuration and the versions of flareseg and MONAI (read without importing MONAI)."""
+    from importlib.metadata import version
+
+    from flareseg import __version__
+
+    return json.dumps({"network": to_dict(cfg.network), "flareseg": __version__, "monai": version("monai")}, sort_keys=True)

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import DynUNet
 
 from flareseg.config import NetworkConfig
 
 
-def build_network(cfg: NetworkConfig) -> DynUNet:
+def build_network(cfg: NetworkConfig) -> torch.nn.Module:
     """Build nnU-Net's 3-D U-Net as a MONAI DynUNet (instance norm, LeakyReLU 0.01, He-normal init).
 
     The network maps (B, in_channels, X, Y, Z) to (B, out_channels, X, Y, Z) logits; X, Y, Z must be
-    multiples of ``cfg.divisor``.
+    multiples of ``cfg.divisor``. MONAI is imported here, not with the module: it loads all of itself
+    (4 s), which a prediction on an ONNX engine with its graph cached never needs.
     """
+    from monai.networks.nets import DynUNet
+
     stages = len(cfg.filters)
     return DynUNet(
         spatial_dims=3,

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,8 @@ import torch
 from flareseg.config import Fingerprint, PreprocessConfig
 from flareseg.errors import ConfigError
 from flareseg.model.device import resolve_device
-from flareseg.model.engine import check_engine, onnx_runner
-from flareseg.model.folder import ModelConfig, load_model
+from flareseg.model.engine import check_engine, graph_key, onnx_runner
+from flareseg.model.folder import ModelConfig, load_network, network_structure, read_model_config, read_weights, weights_path
 from flareseg.model.nnunet import is_nnunet_folder, load_nnunet_model
 from flareseg.transforms.preprocessing import normalize
 from flareseg.transforms.roi import Box, box_slices, full_box, is_empty
@@ -42,19 +43,27 @@ class ModelPredictor:
 
     Attributes:
         config: the model's :class:`~flareseg.model.folder.ModelConfig`.
-        network: the network, in eval mode.
         device: where it runs.
         folder: the model folder it came from (None when built from objects).
         cache_graphs: whether an ONNX engine's graph is cached on disk (False: weights that are still
             training; the graph is exported for this predictor only).
+
+    `network` is the network or a function building it; a flareseg folder's is built on first use
+    (:attr:`network`), so a prediction on an ONNX engine whose graph is cached never builds it.
     """
 
     def __init__(
-        self, config: ModelConfig, network: torch.nn.Module, device: str | torch.device = "cpu", *, folder: Path | None = None, cache_graphs: bool = True
+        self,
+        config: ModelConfig,
+        network: torch.nn.Module | Callable[[], torch.nn.Module],
+        device: str | torch.device = "cpu",
+        *,
+        folder: Path | None = None,
+        cache_graphs: bool = True,
     ):
         self.config = config
         self.device = resolve_device(device)
-        self.network = network.to(self.device).eval()
+        self._network, self._build = (network.to(self.device).eval(), None) if isinstance(network, torch.nn.Module) else (None, network)
         self.folder = folder
         self.cache_graphs = cache_graphs
         self._lookup = np.asarray(config.channel_labels, dtype=np.uint8)
@@ -68,13 +77,34 @@ class ModelPredictor:
             ModelFolderError: missing or invalid configuration or weights.
         """
         device = resolve_device(device)
-        loader = load_nnunet_model if is_nnunet_folder(folder) else load_model
-        cfg, network = loader(folder, device)
-        return cls(cfg, network, device, folder=Path(folder))
+        if is_nnunet_folder(folder):
+            cfg, network = load_nnunet_model(folder, device)
+            return cls(cfg, network, device, folder=Path(folder))
+        cfg = read_model_config(folder)
+        weights_path(folder)  # a missing weights file is refused now; one that does not fit, when the network is built
+        return cls(cfg, partial(load_network, folder, cfg), device, folder=Path(folder))
 
     def __repr__(self) -> str:
         where = f" from {self.folder}" if self.folder else ""
         return f"ModelPredictor({self.config.task}, preset {self.config.preset!r}{where}, on {self.device})"
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The network in eval mode on :attr:`device` (built on first use for a flareseg folder).
+
+        Raises:
+            ModelFolderError: the folder's weights do not fit its configuration.
+        """
+        if self._network is None:
+            self._network = self._build().to(self.device).eval()  # type: ignore[misc]
+        return self._network
+
+    def graph_key(self, tile_shape: Sequence[int]) -> str:
+        """The name of this model's ONNX graph for tiles of `tile_shape` (:func:`flareseg.model.engine.graph_key`):
+        from the folder's config and weights file when the network is not built, else from the network."""
+        if self._build is not None and self.folder is not None:  # a flareseg folder's, built or not
+            return graph_key(network_structure(self.config), read_weights(self.folder), tile_shape)
+        return graph_key(repr(self.network), self.network.state_dict(), tile_shape)
 
     @property
     def patch_size(self) -> tuple[int, int, int]:
@@ -124,8 +154,9 @@ class ModelPredictor:
         """
         if engine not in self._runners:
             tile_shape = (self.config.network.in_channels, *self.patch_size)
+            key = self.graph_key(tile_shape) if self.cache_graphs else None
             self._runners[engine] = onnx_runner(
-                engine, self.network, tile_shape=tile_shape, folder=self.folder, device=self.device, cache=self.cache_graphs
+                engine, lambda: self.network, key=key, tile_shape=tile_shape, folder=self.folder, device=self.device
             )
         return self._runners[engine]
 

@@ -3,7 +3,7 @@
 The volume is cut into overlapping tiles of the network's patch size (nnU-Net's tiling: tiles as
 evenly spread as possible, ``step`` = fraction of the patch between neighbouring tiles, so the overlap is
 ``1 - step``), each tile's output is weighted by a Gaussian importance map (MONAI's
-:func:`monai.data.utils.compute_importance_map`, sigma = patch / 8, clamped at 1e-3) and the weighted
+``compute_importance_map``, sigma = patch / 8, clamped at 1e-3) and the weighted
 sum is divided by the sum of the weights:
 
     out(x) = sum_t w(x - s_t) f_t(x) / sum_t w(x - s_t)
@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from monai.data.utils import compute_importance_map
 
 from flareseg.errors import ConfigError
 
@@ -70,9 +69,15 @@ def count_tiles(shape: Sequence[int], patch_size: Sequence[int], step: float) ->
 def gaussian_weights(patch_size: Sequence[int], *, sigma_scale: float = SIGMA_SCALE, device: str | torch.device = "cpu") -> torch.Tensor:
     """The (px, py, pz) float32 Gaussian importance map: 1 at the centre, at least 1e-3 everywhere.
 
-    Centred at ``(p - 1) / 2`` on every axis, so it is symmetric under flips.
+    Centred at ``(p - 1) / 2`` on every axis, so it is symmetric under flips. MONAI's
+    ``compute_importance_map(mode="gaussian")`` to the last bit (tested), written out here because
+    importing any part of MONAI loads all of it (4 s of every ``flareseg predict``'s start).
     """
-    return compute_importance_map(tuple(int(p) for p in patch_size), mode="gaussian", sigma_scale=sigma_scale, device=device)
+    weights = torch.ones((), dtype=torch.float32, device=device)
+    for p in (int(p) for p in patch_size):
+        x = torch.arange(p, dtype=torch.float32, device=device) - (p - 1) / 2.0
+        weights = weights.unsqueeze(-1) * torch.exp(x**2 / (-2 * (p * sigma_scale) ** 2))
+    return weights.clamp_(min=max(float(weights.min()), 1e-3))
 
 
 def mirror_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:

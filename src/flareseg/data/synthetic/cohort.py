@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -238,7 +242,36 @@ def _write_case(out: Path, name: str, regime: str, case: Case, label_array: np.n
     return image_rel, label_rel, in_file
 
 
-def generate_cohort(out_dir: str | os.PathLike, config: SynthConfig, *, progress: bool = True) -> dict[str, Any]:
+def _make_case(out: Path, config: SynthConfig, index: int, regime: str) -> dict[str, Any]:
+    """Synthesise and write case `index` of `regime`; its manifest entry. Depends on (seed, index) only."""
+    name = f"{config.prefix}_{index + 1:04d}"
+    choice = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2, index)))
+    n_lesions, cut, orientation = _draw_case_options(choice, regime, config)
+    case = synthesize(case_rng(config.seed, index), size=config.size, phase=None, lesions=n_lesions, fov_cut=cut, orientation=orientation, spacing=None)
+    label_array, annotated = _annotate(case, regime, choice, config.partial_lesion_fraction)
+    image_rel, label_rel, in_file = _write_case(out, name, regime, case, label_array)
+    return {
+        "case": name,
+        "index": index,
+        "split": "val" if regime == "val" else "train",
+        "regime": "full" if regime == "val" else regime,
+        "image": image_rel,
+        "label": label_rel,
+        "labels_annotated": annotated,
+        "labels_in_file": in_file,
+    } | case.meta
+
+
+def _pool(workers: int) -> contextlib.AbstractContextManager:
+    """A process pool of `workers` (spawned: no forked torch or OpenMP state), or None for 1."""
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    if workers == 1:
+        return contextlib.nullcontext()
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def generate_cohort(out_dir: str | os.PathLike, config: SynthConfig, *, progress: bool = True, workers: int = 1) -> dict[str, Any]:
     """Write a synthetic FLARE23-style cohort under `out_dir` and return its manifest.
 
     Layout: ``imagesTr/<case>_0000.nii.gz`` with ``labelsTr/<case>.nii.gz`` for the ``full``,
@@ -253,6 +286,8 @@ def generate_cohort(out_dir: str | os.PathLike, config: SynthConfig, *, progress
             listed in its manifest, are removed first).
         config: the cohort parameters.
         progress: show a progress bar (tqdm).
+        workers: processes synthesising cases side by side (each case depends only on the seed and its
+            index, so the cohort is the same for any number).
 
     Returns:
         The manifest (as written).
@@ -280,28 +315,13 @@ def generate_cohort(out_dir: str | os.PathLike, config: SynthConfig, *, progress
         "cases": [],
     }
     t0 = time.perf_counter()
-    for index, regime in enumerate(tqdm(regimes, desc="synth", unit="case", disable=not progress)):
-        name = f"{config.prefix}_{index + 1:04d}"
-        choice = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2, index)))
-        n_lesions, cut, orientation = _draw_case_options(choice, regime, config)
-        case = synthesize(
-            case_rng(config.seed, index), size=config.size, phase=None, lesions=n_lesions, fov_cut=cut, orientation=orientation, spacing=None
-        )
-        label_array, annotated = _annotate(case, regime, choice, config.partial_lesion_fraction)
-        image_rel, label_rel, in_file = _write_case(out, name, regime, case, label_array)
-        entry = {
-            "case": name,
-            "index": index,
-            "split": "val" if regime == "val" else "train",
-            "regime": "full" if regime == "val" else regime,
-            "image": image_rel,
-            "label": label_rel,
-            "labels_annotated": annotated,
-            "labels_in_file": in_file,
-        } | case.meta
-        manifest["cases"].append(entry)
-        atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
-        log.debug("%s: %s, %s, %d lesion(s)", name, entry["regime"], case.meta["orientation"], case.meta["lesion_count"])
+    make = partial(_make_case, out, config)
+    with _pool(workers) as pool:
+        entries = (pool.map if pool is not None else map)(make, range(len(regimes)), regimes)  # in case order either way
+        for entry in tqdm(entries, total=len(regimes), desc="synth", unit="case", disable=not progress):
+            manifest["cases"].append(entry)
+            atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
+            log.debug("%s: %s, %s, %d lesion(s)", entry["case"], entry["regime"], entry["orientation"], entry["lesion_count"])
     manifest["complete"] = True
     atomic_write_text(out / MANIFEST_NAME, json.dumps(manifest, indent=1) + "\n")
     log.info(
