@@ -56,6 +56,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "f96": ("cpu", {"network.filters": [8, 16, 32, 64, 96]}),
     # the cpu preset at twice its learning rate
     "lr2e-2": ("cpu", {"train.learning_rate": 2e-2}),
+    # the cpu preset with one case a step (about half the price: run it with twice the steps)
+    "b1": ("cpu", {"train.batch_size": 1}),
     # tumour model candidates: lesion-centred patches at a finer spacing than the organ model
     "t3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
                       "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2,
