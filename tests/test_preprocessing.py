@@ -89,6 +89,20 @@ def test_body_crop_excludes_air_and_keeps_body():
     assert box[0][1] - box[0][0] < 50  # air around the body is cut
 
 
+def test_body_crop_of_a_large_volume_is_found_on_a_strided_mask_and_still_holds_the_body():
+    """Above BODY_MASK_MAX_VOXELS the body is labelled on every 2nd voxel: the box holds the exact one
+    and exceeds it by at most stride - 1 voxels a side; a separate smaller blob (the table) stays out."""
+    from flareseg.transforms.preprocessing import BODY_MASK_MAX_VOXELS
+
+    array = np.full((260, 250, 130), -1000.0, np.float32)
+    array[41:200, 57:181, 13:120] = 40.0  # the body
+    array[230:240, 10:240, 5:125] = 300.0  # a table, apart from it
+    assert array.size > BODY_MASK_MAX_VOXELS
+    box = body_bounding_box(Volume(array, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3)), margin_mm=0)
+    for (a, b), (lo, hi) in zip(box, ((41, 200), (57, 181), (13, 120))):
+        assert a <= lo and hi <= b and lo - a <= 1 and b - hi <= 1
+
+
 def test_body_crop_of_all_air_keeps_everything():
     image = Volume(np.full((5, 6, 7), -1000.0, np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
     assert body_bounding_box(image) == ((0, 5), (0, 6), (0, 7))
