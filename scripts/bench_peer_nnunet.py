@@ -27,6 +27,7 @@ Writes ``peer.md`` (tables, command, machine) and ``peer.json`` under ``--out``.
     python scripts/bench_peer_nnunet.py --out runs/peer                     # everything
     python scripts/bench_peer_nnunet.py --out runs/peer --stage train       # the venv and the model only
     flock /tmp/locks/cpu python scripts/bench_peer_nnunet.py --out runs/peer --stage measure
+    python scripts/bench_peer_nnunet.py --out runs/peer --stage measure --inputs phantom5mm --repeats 1   # the adapter alone
 """
 
 from __future__ import annotations
@@ -152,12 +153,21 @@ def setup(args: argparse.Namespace) -> None:
         trainer.write_text(TRAINER_SOURCE)
 
 
-def write_dataset(args: argparse.Namespace) -> Path:
-    """`args.cases` phantoms at 3 mm as nnU-Net raw data; returns the dataset folder."""
+def phantom_at_train_spacing(seed: int):
+    """A `small` LPS phantom (image HU, label FLARE ids) resampled to :data:`TRAIN_SPACING_MM` by flareseg,
+    as the training data are made."""
     from flareseg.data.synthetic import synthesize_case
+    from flareseg.transforms.preprocessing import resample_image, resample_label, resampled_grid
+
+    image, label, _ = synthesize_case(seed, size="small", fov_cut=False, orientation="LPS")
+    grid = resampled_grid(image.grid, TRAIN_SPACING_MM)
+    return resample_image(image, grid), resample_label(label, grid)
+
+
+def write_dataset(args: argparse.Namespace) -> Path:
+    """`args.cases` phantoms at :data:`TRAIN_SPACING_MM` as nnU-Net raw data; returns the dataset folder."""
     from flareseg.io import Volume, write_volume
     from flareseg.labels import TASK_TABLE, name_of
-    from flareseg.transforms.preprocessing import resample_image, resample_label, resampled_grid
 
     raw = args.out / "nnUNet_raw" / DATASET
     if (raw / "dataset.json").is_file():
@@ -166,9 +176,7 @@ def write_dataset(args: argparse.Namespace) -> Path:
     (raw / "labelsTr").mkdir(parents=True, exist_ok=True)
     lut = TASK_TABLE["organ"].target_lut()
     for index in range(args.cases):
-        image, label, _ = synthesize_case(args.seed + index, size="small", fov_cut=False, orientation="LPS")
-        grid = resampled_grid(image.grid, TRAIN_SPACING_MM)
-        image, label = resample_image(image, grid), resample_label(label, grid)
+        image, label = phantom_at_train_spacing(args.seed + index)
         case = f"peer_{index:04d}"
         write_volume(Volume(image.array.astype("int16"), image.spacing, image.origin, image.direction), raw / "imagesTr" / f"{case}_0000.nii.gz")
         write_volume(Volume(lut[label.array], label.spacing, label.origin, label.direction), raw / "labelsTr" / f"{case}.nii.gz")
@@ -228,7 +236,15 @@ def write_inputs(args: argparse.Namespace) -> dict[str, Path]:
     from bench_inference import make_ct
     from flareseg.io import write_volume
 
+    from flareseg.io import Volume
+
     inputs = {}
+    held_out = args.out / "inputs" / "phantom5mm" / "phantom5mm_0000.nii.gz"
+    if not held_out.is_file():  # a phantom the model did not train on, at its spacing: neither program resamples it
+        held_out.parent.mkdir(parents=True, exist_ok=True)
+        image, _ = phantom_at_train_spacing(args.seed + args.cases + 1000)
+        write_volume(Volume(image.array.astype("int16"), image.spacing, image.origin, image.direction), held_out)
+    inputs["phantom5mm"] = held_out
     bench = args.out / "inputs" / "bench512" / "bench512_0000.nii.gz"
     if not bench.is_file():
         bench.parent.mkdir(parents=True, exist_ok=True)
@@ -242,7 +258,7 @@ def write_inputs(args: argparse.Namespace) -> dict[str, Path]:
         inputs["real"] = real
     else:
         print(f"(no real CT at {REAL_CT}: the benchmark CT only)", file=sys.stderr)
-    return inputs
+    return {name: path for name, path in inputs.items() if name in args.inputs}
 
 
 def command(args: argparse.Namespace, which: str, image: Path, out_dir: Path) -> list[str]:
@@ -327,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iterations", type=int, default=15, help="steps per epoch (default 15)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inputs", default="phantom5mm,bench512,real",
+                        help="comma-separated inputs to measure: phantom5mm (held out, at the model's spacing: the adapter alone), bench512, real")
     args = parser.parse_args(argv)
+    args.inputs = args.inputs.split(",")
     args.out = args.out.resolve()
     args.venv = (args.venv or args.out / "nnunet_venv").resolve()
     args.out.mkdir(parents=True, exist_ok=True)
