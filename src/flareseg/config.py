@@ -353,14 +353,16 @@ def _presets() -> dict[str, Preset]:
         # The whole body crop in one 64x48x48 patch at 6 mm (scripts/bench_learning.py, docs/training.md):
         # every step sees every organ, which learns ~6x faster per step than 48^3-64^3 patches at 2.5-4 mm
         # (held-out mean Dice 0.63 after 1,000 steps against 0.04-0.11); plain blocks and no deep
-        # supervision make a step ~1.2x cheaper. One patch per image, two images per step. No flips: a
-        # flip mirrors left and right organs without swapping their labels, and without them the same 750
-        # steps reach validation mean Dice 0.60 after 500 steps instead of 0.48 (0.62 / 0.59 after 750).
+        # supervision make a step ~1.2x cheaper. No flips: a flip mirrors left and right organs without
+        # swapping their labels, and without them the same 750 steps reach validation mean Dice 0.60
+        # after 500 steps instead of 0.48 (0.62 / 0.59 after 750). One image a step: 0.77 s instead of
+        # 0.97 s for two, and in the same 13 minutes 1,000 steps of one image reached 0.64 where 750 of
+        # two reached 0.61-0.62 (bench_learning recipe b1).
         NetworkConfig(filters=(8, 16, 32, 64, 128), strides=(1, 2, 2, 2, 2), res_block=False, deep_supervision=False),
         PreprocessConfig(target_spacing=(6.0, 6.0, 6.0)),
         TrainConfig(
-            epochs=30, iterations_per_epoch=25, patch_size=(64, 48, 48), samples_per_image=1, learning_rate=1e-2,
-            poly_horizon_epochs=30, val_every=10, val_overlap=0.25,
+            epochs=40, iterations_per_epoch=25, batch_size=1, patch_size=(64, 48, 48), samples_per_image=1, learning_rate=1e-2,
+            poly_horizon_epochs=40, val_every=10, val_overlap=0.25,
             augment=AugmentConfig(flip_x_prob=0.0, flip_y_prob=0.0),
         ),
     )
