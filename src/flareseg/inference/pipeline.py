@@ -154,9 +154,11 @@ class TwoStepPredictor:
         self.organ = _as_predictor(organ_model, self.device, "organ")
         self.tumor = None if tumor_model is None else _as_predictor(tumor_model, self.device, "tumor")
         self.engine = resolve_engine(self.config.engine, self.device, self.config.precision)
-        for model in (self.organ, self.tumor):  # as part of loading: the ONNX graphs exported or read from their cache, or the networks built
-            if model is not None:
-                _ = model.engine_runner(self.engine) if self.engine != "torch" else model.network
+        for model in (m for m in (self.organ, self.tumor) if m is not None):  # part of loading, so that a bad folder fails here
+            if self.engine == "torch":
+                model.network  # noqa: B018  (built on first use)
+            else:
+                model.engine_runner(self.engine)  # the ONNX graph, exported or read from its cache
         self.load_seconds = time.perf_counter() - start
 
     def __repr__(self) -> str:

@@ -110,11 +110,12 @@ def _gzip_reader() -> tuple[Any, tuple[type[Exception], ...]]:
 
 def _nifti_raw_header(path: Path) -> tuple[int, np.ndarray]:
     """(header size: 348 for NIfTI-1, 540 for NIfTI-2; pixdim[1:4] exactly as stored: nibabel and ITK silently replace 0 by 1)."""
-    opener = _gzip_reader()[0] if path.name.lower().endswith(".gz") else (lambda p: open(p, "rb"))
+    open_gzip, gzip_errors = _gzip_reader()
+    opener = open_gzip if path.name.lower().endswith(".gz") else (lambda p: open(p, "rb"))
     try:
         with opener(path) as fh:
             header = fh.read(540)
-    except (OSError, EOFError, *_gzip_reader()[1]) as exc:
+    except (OSError, EOFError, *gzip_errors) as exc:
         raise InputError(f"{path}: cannot read the NIfTI header: {exc}") from None
     for order in "<>":
         size = int(np.frombuffer(header[:4], dtype=f"{order}i4")[0])
