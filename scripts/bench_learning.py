@@ -66,6 +66,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "t3p32": ("cpu-lesion", {"train.patch_size": [32, 32, 32], "train.pos_fraction": 0.8}),
     # the cpu-lesion preset with half the patches on background, half of those inside the lesion-host organs
     "t3hn": ("cpu-lesion", {"train.pos_fraction": 0.5, "train.hard_negative_fraction": 0.5}),
+    # the cpu-lesion preset with the lesion anywhere in its patch, not at its centre
+    "t3jit": ("cpu-lesion", {"train.centre_jitter": 0.9}),
+    # the same with half the patches on background, half of those inside the lesion-host organs
+    "t3jithn": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.pos_fraction": 0.5, "train.hard_negative_fraction": 0.5}),
 }
 """name -> (preset, overrides). Add candidates here; keep the one chosen as a preset in flareseg.config."""
 

@@ -249,6 +249,10 @@ class TrainConfig:
         pos_fraction: fraction of patches centred on foreground.
         hard_negative_fraction: fraction of the background-centred patches centred in a lesion-host
             organ (the tumour model's hard negatives; no effect on the organ model, for which they are foreground).
+        centre_jitter: a foreground-centred patch is centred up to this fraction of half its size away
+            from the drawn foreground voxel along each axis (uniform; 0: on the voxel, as nnU-Net). With
+            lesions always at the patch centre a network learns "the centre is lesion" before anything else
+            (measured: probability 0.70 at the centre of lesion-free patches, 0.00 at 8 voxels from it).
         learning_rate: Adam's initial learning rate.
         poly_horizon_epochs, poly_exponent, lr_floor: lr(e) = max(lr_floor, lr * (1 - e/horizon)^exponent),
             and lr_floor for e >= horizon (the paper's formula is undefined past the horizon).
@@ -273,6 +277,7 @@ class TrainConfig:
     samples_per_image: int = 2
     pos_fraction: float = 0.5
     hard_negative_fraction: float = 0.0
+    centre_jitter: float = 0.0
     learning_rate: float = 1e-4
     weight_decay: float = 0.0
     poly_horizon_epochs: int = 500
@@ -292,6 +297,7 @@ class TrainConfig:
         _check_patch("train.patch_size", self.patch_size)
         _check_real("train.pos_fraction", self.pos_fraction, low=0.0, high=1.0)
         _check_real("train.hard_negative_fraction", self.hard_negative_fraction, low=0.0, high=1.0)
+        _check_real("train.centre_jitter", self.centre_jitter, low=0.0, high=1.0)
         _check_real("train.val_overlap", self.val_overlap, low=0.0, high=1.0, open_high=True)
         _check_real("train.learning_rate", self.learning_rate, low=0.0, open_low=True)
         _check_real("train.weight_decay", self.weight_decay, low=0.0)

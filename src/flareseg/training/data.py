@@ -148,6 +148,18 @@ def centre_candidates(case: CachedCase, task: str, rng: np.random.Generator, *, 
     return fg.astype(np.int64), bg.astype(np.int64)
 
 
+def jitter_centres(flat: np.ndarray, shape: Sequence[int], patch_size: Sequence[int], fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """Flat indices `flat` into a grid of `shape`, each moved by a uniform random offset of up to
+    ``fraction * (patch // 2 - 1)`` voxels along each axis and clipped to the grid: the drawn voxel
+    stays inside the patch centred on the result, at a random place in it."""
+    reach = [int(fraction * max(p // 2 - 1, 0)) for p in patch_size]
+    if len(flat) == 0 or not any(reach):
+        return flat
+    coords = np.unravel_index(flat, tuple(shape))
+    moved = tuple(np.clip(c + rng.integers(-r, r + 1, size=len(flat)), 0, n - 1) for c, r, n in zip(coords, reach, shape))
+    return np.ravel_multi_index(moved, tuple(shape)).astype(np.int64)
+
+
 def _shift_indices(flat: np.ndarray, shape: Sequence[int], widths: Sequence[tuple[int, int]], new_shape: Sequence[int]) -> np.ndarray:
     coords = np.unravel_index(flat, tuple(shape))
     return np.ravel_multi_index(tuple(c + w[0] for c, w in zip(coords, widths)), tuple(new_shape)).astype(np.int64)
@@ -180,7 +192,7 @@ def sample_patches(
     Args:
         case: a cached case on the network grid (FLARE ids in its label).
         task: 'organ' or 'tumor'.
-        cfg: patch size, samples per image, foreground fraction.
+        cfg: patch size, samples per image, foreground fraction, centre jitter.
         rng: draws the centre candidates.
         sampler, augmentation: from :func:`~flareseg.training.augment.build_patch_sampler` and
             :func:`~flareseg.training.augment.build_augmentation`.
@@ -209,6 +221,7 @@ def sample_patches(
         image = np.pad(np.asarray(image), widths, mode="constant", constant_values=pad_value)
         label = np.pad(np.asarray(label), widths, mode="constant", constant_values=0)
         fg, bg = _shift_indices(fg, shape, widths, image.shape), _shift_indices(bg, shape, widths, image.shape)
+    fg = jitter_centres(fg, image.shape, cfg.patch_size, cfg.centre_jitter, rng)
     if len(fg) == 0 and len(bg) == 0:
         bg = rng.integers(0, int(np.prod(image.shape)), size=BG_CENTRES)
     data = {
