@@ -91,10 +91,40 @@ def test_prepare_counts_regimes_and_skips_bad_cases(cohort, tmp_path):
     assert sorted(result.tumor_partial["train"] + result.tumor_partial["val"]) == sorted(tumor)
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["organ_partial"] == result.organ_partial and manifest["tumor_partial"] == result.tumor_partial
-    assert manifest["fingerprint"]["std"] > 0
+    assert set(manifest["fingerprints"]) == {"organ", "tumor"} and all(fp["std"] > 0 for fp in manifest["fingerprints"].values())
     assert manifest["regime_counts"]["none"] == 3
     text = result.summary()
     assert "SKIPPED Broken_001" in text and "organ model" in text
+
+
+def test_each_model_gets_the_fingerprint_of_its_own_foreground(tmp_path):
+    """Organ voxels at 40 HU, lesion voxels at 140 HU: the organ model is normalised by the first,
+    the tumour model by the second (as nnU-Net would for two datasets), each from its training cases."""
+    root = tmp_path / "cohort"
+    image, _ = phantom_ct()
+    for n, ids in enumerate([list(ORGAN_IDS)] * 3 + [[LESION]] * 3, start=1):
+        label = _label_with(ids)
+        hu = np.where(label == LESION, 140, np.where(label > 0, 40 + n, -900)).astype(np.int16)
+        write_case(root, f"Case_{n:03d}", Volume(hu, image.spacing, image.origin, image.direction), Volume(label, image.spacing, image.origin, image.direction))
+    result = prepare_cohort(root, tmp_path / "prepared", seed=0, progress=False)
+    organ, tumor = result.fingerprints["organ"], result.fingerprints["tumor"]
+    organ_train = {int(c[-3:]) for c in result.organ["train"]}
+    assert organ.mean == pytest.approx(40 + np.mean(sorted(organ_train)), abs=1e-3)
+    assert tumor.mean == pytest.approx(140) and tumor.percentile_00_5 == pytest.approx(140) and tumor.std == pytest.approx(1e-3)
+    manifest = json.loads((tmp_path / "prepared" / "manifest.json").read_text())
+    assert manifest["fingerprints"]["tumor"]["mean"] == pytest.approx(140)
+
+
+def test_training_refuses_a_manifest_without_per_model_fingerprints(cohort, tmp_path):
+    from flareseg.training.data import load_training_data
+
+    out = tmp_path / "prepared"
+    prepare_cohort(cohort, out, seed=0, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["fingerprint"] = manifest.pop("fingerprints")["organ"]  # the layout before per-model fingerprints
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="prepare` again"):
+        load_training_data(out, "organ")
 
 
 def test_prepare_rejects_non_cohort(tmp_path):

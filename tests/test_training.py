@@ -103,10 +103,11 @@ def write_toy_cohort(root: Path, *, n: int = 6, n_val: int = 2) -> Path:
     lo, hi = np.percentile(fg, [0.5, 99.5])
     names = [c["case"] for c in cases]
     split = {"train": names[n_val:], "val": names[:n_val]}
+    fingerprint = {"percentile_00_5": float(lo), "percentile_99_5": float(hi), "mean": float(fg.mean()), "std": float(fg.std())}
     manifest = {
         "source": str(root / "cohort"),
         "seed": 0,
-        "fingerprint": {"percentile_00_5": float(lo), "percentile_99_5": float(hi), "mean": float(fg.mean()), "std": float(fg.std())},
+        "fingerprints": {"organ": fingerprint, "tumor": fingerprint},
         "cases": cases,
         "organ": split,
         "tumor": split,
@@ -256,6 +257,34 @@ def test_foreground_patches_are_centred_on_foreground_class_balanced():
             assert centre in hits
             hits[centre] += 1
     assert min(hits.values()) >= 15  # each class about half of the 60 patches, not in proportion to volume
+
+
+def test_centre_jitter_puts_the_foreground_anywhere_in_the_patch_and_never_outside():
+    """Without jitter a one-voxel lesion is always at the patch centre (the shortcut a network learns
+    first); with jitter 0.9 it lands at many places, each inside the patch."""
+    label = np.zeros((60, 60, 60), np.uint8)
+    label[30, 30, 30] = 14
+    places = {0.0: set(), 0.9: set()}
+    for jitter in places:
+        cfg = TrainConfig(patch_size=(16, 16, 16), samples_per_image=2, pos_fraction=1.0, centre_jitter=jitter, augment=OFF)
+        for seed in range(20):
+            for patch in _sample(_cached_case(label), cfg, seed, task="tumor"):
+                where = np.argwhere(patch["label"][0].numpy() == 1)
+                assert len(where) == 1  # the lesion is in every foreground patch
+                places[jitter].add(tuple(where[0]))
+    assert places[0.0] == {(8, 8, 8)}
+    assert len(places[0.9]) >= 30 and {c for p in places[0.9] for c in p} >= {2, 14}
+
+
+def test_jitter_centres_stays_on_the_grid_within_its_reach():
+    from flareseg.training.data import jitter_centres
+
+    shape, flat = (10, 50, 50), np.ravel_multi_index(([0, 9, 5], [25, 25, 0], [25, 49, 25]), (10, 50, 50))
+    moved = np.array(np.unravel_index(jitter_centres(np.repeat(flat, 200), shape, (20, 20, 20), 0.5, np.random.default_rng(0)), shape))
+    start = np.array(np.unravel_index(np.repeat(flat, 200), shape))
+    assert moved.min() >= 0 and all(moved[a].max() < shape[a] for a in range(3))
+    assert np.abs(moved - start).max() == 4  # 0.5 * (20 // 2 - 1), rounded down
+    assert np.array_equal(jitter_centres(flat, shape, (20, 20, 20), 0.0, np.random.default_rng(0)), flat)
 
 
 def test_negative_patches_come_from_background():

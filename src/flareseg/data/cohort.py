@@ -4,7 +4,10 @@ Layout read (DESIGN section 2): ``imagesTr/<case>_0000.nii.gz`` with ``labelsTr/
 case without a label file counts as unlabelled), plus any folder whose name starts with ``unlabel``
 holding images only. The organ set is every case with all 13 organs labelled, the tumour set every
 case with lesion voxels (label 14); each is split 8:2 with a fixed seed. The foreground intensity
-fingerprint (DESIGN section 3) is computed from the training splits. No torch here.
+fingerprint (DESIGN section 3) is computed per model from its training cases, as nnU-Net computes it
+for a dataset: the organ model's from the organ voxels of the cases that train it, the tumour model's
+from the lesion voxels of the cases that train it (so its window is the soft-tissue range lesions
+lie in, not the air-to-bone range of the organs' stomach gas). No torch here.
 
 Partial labels: a class is *labelled* in a case when its label map holds it (FLARE's partial labels
 mark what was annotated). The manifest also holds the sets of ``case_selection="partial"``:
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 REGIMES = ("full", "lesion", "partial", "none")
+FINGERPRINT_IDS = {"organ": ORGAN_IDS, "tumor": (LESION,)}
+"""Per task, the label ids whose voxels make its model's intensity fingerprint (its foreground)."""
 """Label regimes: all 13 organs; lesions only; some organs; no label."""
 VAL_FRACTION = 0.2
 
@@ -145,7 +150,8 @@ class PreparedCohort:
     cases: list[CaseRecord]
     organ: dict[str, list[str]]
     tumor: dict[str, list[str]]
-    fingerprint: Fingerprint | None
+    fingerprints: dict[str, Fingerprint]
+    """Per task (``organ``, ``tumor``) the normalisation of its model; a task without labelled training voxels has none."""
     organ_partial: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "val": []})
     tumor_partial: dict[str, list[str]] = field(default_factory=lambda: {"train": [], "val": []})
     pseudo_labels: str | None = None
@@ -155,7 +161,7 @@ class PreparedCohort:
             {
                 "source": self.source,
                 "seed": self.seed,
-                "fingerprint": to_dict(self.fingerprint) if self.fingerprint else None,
+                "fingerprints": {task: to_dict(fp) for task, fp in self.fingerprints.items()},
                 "regime_counts": self.regime_counts(),
                 "organ": self.organ,
                 "tumor": self.tumor,
@@ -200,10 +206,9 @@ class PreparedCohort:
         if self.pseudo_labels:
             teacher = sum(1 for c in self.cases if c.teacher_labels)
             lines.append(f"\npseudo-labels from {self.pseudo_labels}: {teacher} case(s) with teacher classes")
-        if self.fingerprint:
-            fp = self.fingerprint
+        for task, fp in self.fingerprints.items():
             lines.append(
-                f"\nForeground fingerprint (HU): 0.5%={fp.percentile_00_5:.1f} 99.5%={fp.percentile_99_5:.1f} "
+                f"\n{task} model's foreground fingerprint (HU): 0.5%={fp.percentile_00_5:.1f} 99.5%={fp.percentile_99_5:.1f} "
                 f"mean={fp.mean:.1f} std={fp.std:.1f}"
             )
         for c in bad:
@@ -233,7 +238,7 @@ def prepare_cohort(
     found = find_training_cases(data_dir)
     pseudo = read_pseudo_labels(pseudo_labels, {name for name, _, _ in found}) if pseudo_labels is not None else {}
     records: list[CaseRecord] = []
-    samples: dict[str, np.ndarray] = {}
+    samples: dict[str, dict[str, np.ndarray]] = {}
     for index, (name, image_path, label_path) in enumerate(tqdm(found, desc="prepare", unit="case", disable=not progress)):
         record, image, label = _inspect_case(name, image_path, label_path)
         records.append(record)
@@ -241,7 +246,7 @@ def prepare_cohort(
             log.warning("skipping %s: %s", name, record.problem)
             continue
         if image is not None and label is not None and record.labels_present:
-            samples[name] = sample_foreground(image.array, label.array, seed=seed + index)
+            samples[name] = {task: sample_foreground(image.array, label.array, ids, seed=seed + index) for task, ids in FINGERPRINT_IDS.items()}
         if name in pseudo and image is not None:
             _apply_pseudo_label(record, image, image_path, pseudo[name])
     unused = sorted(set(pseudo) - {r.case for r in records if r.problem is None})
@@ -252,13 +257,16 @@ def prepare_cohort(
     tumor = split_cases([r.case for r in good if LESION in r.labels_present], seed=seed)
     organ_partial = partial_split(good, set(ORGAN_IDS), organ["val"])
     tumor_partial = partial_split(good, {LESION}, tumor["val"])
-    train_names = set(organ["train"]) | set(tumor["train"])
-    pooled = [samples[n] for n in sorted(train_names) if n in samples]
-    fingerprint = compute_fingerprint(np.concatenate(pooled)) if pooled else None
-    if fingerprint is None:
-        log.warning("no labelled training case: no intensity fingerprint")
+    fingerprints = {}
+    for task, splits in (("organ", (organ, organ_partial)), ("tumor", (tumor, tumor_partial))):
+        names = sorted(set().union(*(s["train"] for s in splits)))
+        pooled = np.concatenate([samples[n][task] for n in names if n in samples] or [np.zeros(0, np.float32)])
+        if pooled.size:
+            fingerprints[task] = compute_fingerprint(pooled)
+        else:
+            log.warning("no labelled %s training voxel: no intensity fingerprint for the %s model", task, task)
     cohort = PreparedCohort(
-        str(data_dir.resolve()), seed, records, organ, tumor, fingerprint, organ_partial, tumor_partial,
+        str(data_dir.resolve()), seed, records, organ, tumor, fingerprints, organ_partial, tumor_partial,
         str(Path(pseudo_labels).resolve()) if pseudo_labels is not None else None,
     )
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -62,7 +62,7 @@ def load_training_data(prepared_dir: str | os.PathLike, task: str, selection: st
         selection: ``"paper"`` or ``"partial"`` (``TrainConfig.case_selection``).
 
     Raises:
-        InputError: no manifest, invalid JSON, no fingerprint, no split for `selection` (a manifest
+        InputError: no manifest, invalid JSON, no fingerprint for `task`, no split for `selection` (a manifest
             from before partial-label training), or no training case for `task`.
         ConfigError: an unknown task.
     """
@@ -72,9 +72,11 @@ def load_training_data(prepared_dir: str | os.PathLike, task: str, selection: st
         raise InputError(f"{prepared_dir}: no {MANIFEST_FILE}; run `flareseg prepare` first")
     manifest = read_json(path)
     task_labels(task)
-    if not manifest.get("fingerprint"):
-        raise InputError(f"{path}: no intensity fingerprint (no labelled training case?)")
-    fingerprint = from_dict(Fingerprint, manifest["fingerprint"])
+    if "fingerprints" not in manifest:
+        raise InputError(f"{path}: no per-model intensity fingerprints (prepared by an older flareseg); run `flareseg prepare` again")
+    if not manifest["fingerprints"].get(task):
+        raise InputError(f"{path}: no intensity fingerprint for the {task} model (no labelled training voxel of its classes)")
+    fingerprint = from_dict(Fingerprint, manifest["fingerprints"][task])
     key = split_key(task, selection)
     if key not in manifest:
         raise InputError(f"{path}: no {key!r} split (case selection {selection!r}); run `flareseg prepare` again")
