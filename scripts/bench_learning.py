@@ -58,6 +58,8 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "lr2e-2": ("cpu", {"train.learning_rate": 2e-2}),
     # the cpu preset with one case a step (about half the price: run it with twice the steps)
     "b1": ("cpu", {"train.batch_size": 1}),
+    # the cpu preset with deep supervision (two extra heads; nnU-Net's default)
+    "ds": ("cpu", {"network.deep_supervision": True}),
     # tumour model candidates: lesion-centred patches at a finer spacing than the organ model
     "t3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
                       "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2,
@@ -70,6 +72,9 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "t3jit": ("cpu-lesion", {"train.centre_jitter": 0.9}),
     # the same with 32^3 patches (0.35 s a step instead of 0.6: about twice the steps in the same minutes)
     "t3p32jit": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.patch_size": [32, 32, 32]}),
+    # t3p32jit with half the patches on background, half of those inside the lesion-host organs
+    "t3p32jithn": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.patch_size": [32, 32, 32], "train.pos_fraction": 0.5,
+                                  "train.hard_negative_fraction": 0.5}),
     # the same with half the patches on background, half of those inside the lesion-host organs
     "t3jithn": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.pos_fraction": 0.5, "train.hard_negative_fraction": 0.5}),
 }

@@ -206,9 +206,11 @@ class PreparedCohort:
         if self.pseudo_labels:
             teacher = sum(1 for c in self.cases if c.teacher_labels)
             lines.append(f"\npseudo-labels from {self.pseudo_labels}: {teacher} case(s) with teacher classes")
+        if self.fingerprints:
+            lines.append("")
         for task, fp in self.fingerprints.items():
             lines.append(
-                f"\n{task} model's foreground fingerprint (HU): 0.5%={fp.percentile_00_5:.1f} 99.5%={fp.percentile_99_5:.1f} "
+                f"{task} model's foreground fingerprint (HU): 0.5%={fp.percentile_00_5:.1f} 99.5%={fp.percentile_99_5:.1f} "
                 f"mean={fp.mean:.1f} std={fp.std:.1f}"
             )
         for c in bad:
