@@ -41,9 +41,9 @@ log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 REGIMES = ("full", "lesion", "partial", "none")
+"""Label regimes: all 13 organs; lesions only; some organs; no label."""
 FINGERPRINT_IDS = {"organ": ORGAN_IDS, "tumor": (LESION,)}
 """Per task, the label ids whose voxels make its model's intensity fingerprint (its foreground)."""
-"""Label regimes: all 13 organs; lesions only; some organs; no label."""
 VAL_FRACTION = 0.2
 
 
@@ -260,11 +260,11 @@ def prepare_cohort(
     organ_partial = partial_split(good, set(ORGAN_IDS), organ["val"])
     tumor_partial = partial_split(good, {LESION}, tumor["val"])
     fingerprints = {}
-    for task, splits in (("organ", (organ, organ_partial)), ("tumor", (tumor, tumor_partial))):
-        names = sorted(set().union(*(s["train"] for s in splits)))
-        pooled = np.concatenate([samples[n][task] for n in names if n in samples] or [np.zeros(0, np.float32)])
-        if pooled.size:
-            fingerprints[task] = compute_fingerprint(pooled)
+    # The partial split's training cases hold the paper split's (every case labelling a class of the task).
+    for task, split in (("organ", organ_partial), ("tumor", tumor_partial)):
+        pooled = [samples[n][task] for n in sorted(split["train"]) if n in samples]
+        if sum(p.size for p in pooled):
+            fingerprints[task] = compute_fingerprint(np.concatenate(pooled))
         else:
             log.warning("no labelled %s training voxel: no intensity fingerprint for the %s model", task, task)
     cohort = PreparedCohort(

@@ -304,12 +304,9 @@ def pad_value_of(fingerprint: Fingerprint) -> float:
     return (fingerprint.percentile_00_5 - fingerprint.mean) / fingerprint.std
 
 
-def sample_foreground(
-    image: np.ndarray, label: np.ndarray, ids: Sequence[int] | None = None, *, n: int = FINGERPRINT_SAMPLES_PER_CASE, seed: int = 0
-) -> np.ndarray:
-    """Up to `n` HU values drawn at random from the voxels whose label is one of `ids` (None: any
-    label > 0), 1-D float32."""
-    values = image[label > 0] if ids is None else image[np.isin(label, ids)]
+def sample_foreground(image: np.ndarray, label: np.ndarray, ids: Sequence[int], *, n: int = FINGERPRINT_SAMPLES_PER_CASE, seed: int = 0) -> np.ndarray:
+    """Up to `n` HU values drawn at random from the voxels whose label is one of `ids` (1-D float32)."""
+    values = image[np.isin(label, ids)]
     if values.size > n:
         values = np.random.default_rng(seed).choice(values, size=n, replace=False)
     return values.astype(np.float32)
