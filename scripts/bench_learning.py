@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -81,21 +80,6 @@ RECIPES: dict[str, tuple[str, dict]] = {
 """name -> (preset, overrides). Add candidates here; keep the one chosen as a preset in flareseg.config."""
 
 
-def _cpu() -> str:
-    flags = set()
-    model = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == (platform.processor() or "unknown CPU"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    simd = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, {' '.join(simd) or 'no AVX2'}"
-
-
 def _prepare(args: argparse.Namespace) -> Path:
     if args.prepared is not None:
         return args.prepared
@@ -140,7 +124,7 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _plot(rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], path: Path, task: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -154,7 +138,7 @@ def _plot(rows: list[dict], path: Path) -> None:
         by_minutes.plot([r["minutes"] for r in mine], [r["val_mean_dice"] for r in mine], marker="o", label=recipe)
     for ax, xlabel in ((by_steps, "optimiser steps"), (by_minutes, "training minutes (this machine)")):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("held-out mean organ Dice" if True else "")
+        ax.set_ylabel("held-out mean organ Dice" if task == "organ" else "held-out lesion Dice")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right")
@@ -177,6 +161,8 @@ def main() -> int:
     unknown = [r for r in args.recipes.split(",") if r not in RECIPES]
     if unknown:
         parser.error(f"unknown recipe(s) {unknown}; choose from {', '.join(RECIPES)}")
+    from flareseg.measure.environment import cpu_info
+
     args.out.mkdir(parents=True, exist_ok=True)
     prepared = _prepare(args)
     rows: list[dict] = []
@@ -184,9 +170,9 @@ def main() -> int:
         rows += _train(recipe, prepared, args.out, args)
         (args.out / "learning.json").write_text(json.dumps(rows, indent=1))
     command = "python scripts/bench_learning.py " + " ".join(sys.argv[1:])
-    text = f"# Learning benchmark\n\n`{command}`\n\nMachine: {_cpu()}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n\n{_table(rows)}\n"
+    text = f"# Learning benchmark\n\n`{command}`\n\nMachine: {cpu_info().summary()}, torch threads {os.environ.get('OMP_NUM_THREADS', 'default')}\n\n{_table(rows)}\n"
     (args.out / "learning.md").write_text(text)
-    _plot(rows, args.out / "learning_curves.png")
+    _plot(rows, args.out / "learning_curves.png", args.task)
     print(text)
     return 0
 

@@ -312,6 +312,20 @@ def test_hard_negatives_put_that_fraction_of_tumour_background_centres_in_host_o
     assert abs(in_host - expected) < 0.08
 
 
+def test_hard_negatives_are_shared_equally_among_the_host_organs():
+    """A gallbladder 1/20 the liver's size draws as many hard negatives as the liver."""
+    from flareseg.training.data import centre_candidates
+
+    label = np.zeros((40, 40, 40), np.uint8)
+    label[:20, :20, :10] = 1  # liver: 4,000 voxels
+    label[30:35, 30:35, 30:38] = 9  # gallbladder: 200 voxels
+    label[2:4, 30:32, 30:32] = 14  # a lesion
+    case = _cached_case(label)
+    _, bg = centre_candidates(case, "tumor", np.random.default_rng(0), hard_negative_fraction=0.5)
+    drawn = label.ravel()[bg]
+    assert abs(np.mean(drawn == 1) - 0.25) < 0.08 and abs(np.mean(drawn == 9) - 0.25) < 0.08
+
+
 def test_lesion_is_background_for_the_organ_task_and_the_only_class_for_the_tumour_task():
     lut_o, lut_t = task_labels("organ").target_lut(), task_labels("tumor").target_lut()
     assert lut_o[14] == 0 and lut_o[1] == 1 and lut_o[13] == 13

@@ -16,9 +16,9 @@ from flareseg.transforms.postprocess import OFF as NO_POSTPROCESS
 from flareseg.transforms.postprocess import PostprocessConfig
 
 MODES: tuple[str, ...] = ("fast", "accurate", "paper")
+"""The inference presets (:meth:`InferenceConfig.for_mode`)."""
 MIN_STEP = 0.1
 """The smallest sliding-window step: the tile count grows as 1/step^3 (0.1: 1,000x the tiles of step 1)."""
-"""The inference presets (:meth:`InferenceConfig.for_mode`)."""
 
 
 @dataclass(frozen=True)

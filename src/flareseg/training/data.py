@@ -120,8 +120,8 @@ def centre_candidates(case: CachedCase, task: str, rng: np.random.Generator, *, 
     organs are drawn as often as the liver, as nnU-Net does). Background: ``BG_CENTRES`` uniform over
     the background voxels (every id that is not the task's foreground), except that a fraction
     `hard_negative_fraction` of them lies in the lesion-host organs (:data:`flareseg.labels.LESION_HOST_IDS`)
-    where the case has them: the tumour model's hard negatives (for the organ task those organs are
-    foreground, so it changes nothing there).
+    where the case has them, in equal shares per host organ: the tumour model's hard negatives (for the
+    organ task those organs are foreground, so it changes nothing there).
 
     Returns:
         (fg, bg) int64 arrays; either may be empty.
@@ -143,7 +143,13 @@ def centre_candidates(case: CachedCase, task: str, rng: np.random.Generator, *, 
         weights /= weights.sum()
         host = np.isin(bg_values, LESION_HOST_IDS)
         if hard_negative_fraction > 0 and host.any() and not host.all():
-            weights = np.where(host, hard_negative_fraction * weights / weights[host].sum(), (1 - hard_negative_fraction) * weights / weights[~host].sum())
+            # each host organ present gets an equal share of the hard negatives (the gallbladder as often
+            # as the liver: the small fluid-filled hosts are where a young tumour model paints lesions)
+            hosts = np.unique(bg_values[host])
+            for organ in hosts:
+                in_organ = bg_values == organ
+                weights[in_organ] /= weights[in_organ].sum()
+            weights = np.where(host, hard_negative_fraction * weights / len(hosts), (1 - hard_negative_fraction) * weights / weights[~host].sum())
         bg = rng.choice(bg_pool, size=BG_CENTRES, replace=True, p=weights / weights.sum())
     else:
         bg = np.zeros(0, dtype=np.int64)
