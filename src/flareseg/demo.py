@@ -145,10 +145,8 @@ def run_demo(out_dir: str | Path, *, config: DemoConfig = DemoConfig(), device: 
         _stage(f"{number}/6 training the {task} model ({preset} preset; at most {minutes:g} min)")
         resume = (models / task / "config.json").exists()
         overrides: dict = {"train": {"max_minutes": minutes}}
-        if not resume:  # a resumed run keeps its seed and schedule (changing them is refused)
+        if not resume:  # a resumed run keeps its seed (changing it is refused)
             overrides["train"]["seed"] = config.seed
-            if epochs is not None:  # a shortened run anneals its rate over its own epochs, not the preset's
-                overrides["train"]["poly_horizon_epochs"] = epochs
         train(prepared, models / task, task=task, preset=preset, epochs=epochs, resume=resume, device=device, overrides=overrides, progress=progress)
         training[task] = _training_run(models / task, task, preset, minutes)
         print(training[task].summary(), flush=True)
