@@ -59,6 +59,9 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "b1": ("cpu", {"train.batch_size": 1}),
     # the cpu preset with deep supervision (two extra heads; nnU-Net's default)
     "ds": ("cpu", {"network.deep_supervision": True}),
+    # the whole body crop at 8 mm (48x40x40, a 4-stage 8-64 network): about half a cpu step, for the quick demo
+    "s8whole": ("cpu", {"preprocess.target_spacing": [8.0, 8.0, 8.0], "train.patch_size": [48, 40, 40],
+                        "network.filters": [8, 16, 32, 64], "network.strides": [1, 2, 2, 2]}),
     # tumour model candidates: lesion-centred patches at a finer spacing than the organ model
     "t3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
                       "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2,
@@ -74,6 +77,10 @@ RECIPES: dict[str, tuple[str, dict]] = {
     # t3p32jit with half the patches on background, half of those inside the lesion-host organs
     "t3p32jithn": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.patch_size": [32, 32, 32], "train.pos_fraction": 0.5,
                                   "train.hard_negative_fraction": 0.5}),
+    # t3p32jit at a third of the learning rate, and without the intensity augmentations
+    "t3p32jitlr3e-3": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.patch_size": [32, 32, 32], "train.learning_rate": 3e-3}),
+    "t3p32jitnoaug": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.patch_size": [32, 32, 32], "train.augment.smooth_prob": 0.0,
+                                     "train.augment.noise_prob": 0.0, "train.augment.gamma_prob": 0.0, "train.augment.shift_prob": 0.0}),
     # the same with half the patches on background, half of those inside the lesion-host organs
     "t3jithn": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.pos_fraction": 0.5, "train.hard_negative_fraction": 0.5}),
 }

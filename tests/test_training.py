@@ -486,6 +486,17 @@ def test_overrides_map_onto_config_fields():
         training_overrides({"name": "other"})
 
 
+def test_settings_that_must_agree_are_changed_together():
+    """filters and strides (one length) are validated as a pair, not one after the other."""
+    p = get_preset("cpu")
+    q = apply_overrides(p, training_overrides({"network.filters": [8, 16, 32, 64], "network.strides": [1, 2, 2, 2]}))
+    assert q.network.filters == (8, 16, 32, 64) and q.network.strides == (1, 2, 2, 2)
+    with pytest.raises(ConfigError, match="network.filters has 4 stages but network.strides has 5"):
+        apply_overrides(p, training_overrides({"network.filters": [8, 16, 32, 64]}))
+    with pytest.raises(ConfigError, match="both as a value and as a section"):
+        apply_overrides(p, {"train.augment": 1, "train.augment.noise_prob": 0.0})
+
+
 # --------------------------------------------------------------------------- training runs
 
 

@@ -440,26 +440,41 @@ def apply_overrides(obj: C, overrides: Mapping[str, Any] | None, *, prefix: str 
         ConfigError: an unknown field (the message lists the known ones), a path into a field that is
             not a section, or a value the class refuses (the message names the field).
     """
+    tree: dict[str, Any] = {}
     for path, value in override_paths(overrides).items():
-        obj = _replace_path(obj, path.split("."), value, f"{prefix}.{path}" if prefix else path)
-    return obj
+        *sections, leaf = path.split(".")
+        node = tree
+        for depth, part in enumerate(sections):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"conflicting settings: {'.'.join(sections[:depth + 1])!r} is given both as a value and as a section")
+        if isinstance(node.get(leaf), dict):
+            raise ConfigError(f"conflicting settings: {path!r} is given both as a value and as a section")
+        node[leaf] = value
+    return _apply_tree(obj, tree, prefix)
 
 
-def _replace_path(obj: Any, parts: list[str], value: Any, full: str) -> Any:
+def _apply_tree(obj: Any, tree: Mapping[str, Any], prefix: str) -> Any:
+    """`obj` rebuilt once with every change of `tree` (field -> value, or field -> subtree of a section),
+    so that settings that must agree (``network.filters`` and ``network.strides``) are validated together."""
     names = {f.name for f in dataclasses.fields(obj)}
-    if parts[0] not in names:
-        raise ConfigError(f"unknown setting {full!r}: {type(obj).__name__} has no field {parts[0]!r} (fields: {', '.join(sorted(names))})")
-    if len(parts) > 1:
-        inner = getattr(obj, parts[0])
-        if not dataclasses.is_dataclass(inner):
-            raise ConfigError(f"unknown setting {full!r}: {parts[0]!r} is a value, not a section")
-        value = _replace_path(inner, parts[1:], value, full)
-    elif isinstance(value, list):
-        value = tuple(value)
+    changes: dict[str, Any] = {}
+    for name, value in tree.items():
+        full = f"{prefix}.{name}" if prefix else name
+        if name not in names:
+            raise ConfigError(f"unknown setting {full!r}: {type(obj).__name__} has no field {name!r} (fields: {', '.join(sorted(names))})")
+        if isinstance(value, dict):
+            inner = getattr(obj, name)
+            if not dataclasses.is_dataclass(inner):
+                raise ConfigError(f"unknown setting {full + '.' + next(iter(value))!r}: {name!r} is a value, not a section")
+            changes[name] = _apply_tree(inner, value, full)
+        else:
+            changes[name] = tuple(value) if isinstance(value, list) else value
     try:
-        return dataclasses.replace(obj, **{parts[0]: value})
+        return dataclasses.replace(obj, **changes)
     except TypeError as exc:  # a comparison in a validator met a value of the wrong type
-        raise ConfigError(f"invalid value {value!r} for {full!r}: {exc}") from None
+        given = ", ".join(f"{prefix + '.' if prefix else ''}{k}={v!r}" for k, v in changes.items() if not dataclasses.is_dataclass(v))
+        raise ConfigError(f"invalid value among {given}: {exc}") from None
 
 
 def to_dict(obj: Any) -> Any:
