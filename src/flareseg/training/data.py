@@ -141,15 +141,13 @@ def centre_candidates(case: CachedCase, task: str, rng: np.random.Generator, *, 
         values, inverse, stored = np.unique(bg_values, return_inverse=True, return_counts=True)
         weights = (np.array([case.counts.get(int(v), 1) for v in values], dtype=float) / stored)[inverse]
         weights /= weights.sum()
-        host = np.isin(bg_values, LESION_HOST_IDS)
+        host_value = np.isin(values, LESION_HOST_IDS)
+        host = host_value[inverse]
         if hard_negative_fraction > 0 and host.any() and not host.all():
-            # each host organ present gets an equal share of the hard negatives (the gallbladder as often
-            # as the liver: the small fluid-filled hosts are where a young tumour model paints lesions)
-            hosts = np.unique(bg_values[host])
-            for organ in hosts:
-                in_organ = bg_values == organ
-                weights[in_organ] /= weights[in_organ].sum()
-            weights = np.where(host, hard_negative_fraction * weights / len(hosts), (1 - hard_negative_fraction) * weights / weights[~host].sum())
+            # each host organ present gets an equal share of the hard negatives, spread over its stored
+            # locations (the gallbladder as often as the liver: where a young tumour model paints lesions)
+            per_host_location = (hard_negative_fraction / (host_value.sum() * stored))[inverse]
+            weights = np.where(host, per_host_location, (1 - hard_negative_fraction) * weights / weights[~host].sum())
         bg = rng.choice(bg_pool, size=BG_CENTRES, replace=True, p=weights / weights.sum())
     else:
         bg = np.zeros(0, dtype=np.int64)
