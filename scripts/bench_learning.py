@@ -28,43 +28,53 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 PAPER_FLIPS = {"train.augment.flip_x_prob": 0.2, "train.augment.flip_y_prob": 0.2}
 """The paper's flips: the recipes measured before the cpu preset dropped them keep them."""
+NO_WARMUP = {"train.warmup_steps": 0}
+"""The recipes measured before the cpu preset took its 50-step warm-up keep their constant start."""
 
 RECIPES: dict[str, tuple[str, dict]] = {
     # the cpu preset
     "cpu": ("cpu", {}),
     # plain 8-128 network, no deep supervision, 48^3 patches: 2.6x cheaper per step than the cpu preset here
-    "s3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
+    "s3p48": ("cpu", {**NO_WARMUP, "preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
                       "network.res_block": False, "network.deep_supervision": False, **PAPER_FLIPS}),
-    "s4p48": ("cpu", {"preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [48, 48, 48],
+    "s4p48": ("cpu", {**NO_WARMUP, "preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [48, 48, 48],
                       "network.res_block": False, "network.deep_supervision": False, **PAPER_FLIPS}),
-    "s3p48lr1e-2": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
+    "s3p48lr1e-2": ("cpu", {**NO_WARMUP, "preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
                             "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2, **PAPER_FLIPS}),
-    "s4p32lr1e-2": ("cpu", {"preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [32, 32, 32],
+    "s4p32lr1e-2": ("cpu", {**NO_WARMUP, "preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [32, 32, 32],
                             "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2, **PAPER_FLIPS}),
-    "s4p48lr1e-2": ("cpu", {"preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [48, 48, 48],
+    "s4p48lr1e-2": ("cpu", {**NO_WARMUP, "preprocess.target_spacing": [4.0, 4.0, 4.0], "train.patch_size": [48, 48, 48],
                             "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2, **PAPER_FLIPS}),
     # the whole body crop in one patch: every step sees every organ (the cascade's coarse stage), with the
     # paper's flips (the cpu preset before it dropped them)
-    "s6whole": ("cpu", {"preprocess.target_spacing": [6.0, 6.0, 6.0], "train.patch_size": [64, 48, 48],
+    "s6whole": ("cpu", {**NO_WARMUP, "preprocess.target_spacing": [6.0, 6.0, 6.0], "train.patch_size": [64, 48, 48],
                         "train.samples_per_image": 1, "network.res_block": False, "network.deep_supervision": False,
                         "train.learning_rate": 1e-2, **PAPER_FLIPS}),
     # the cpu preset without any augmentation (it has no flips already)
-    "s6noaug": ("cpu", {"train.augment.smooth_prob": 0.0, "train.augment.noise_prob": 0.0, "train.augment.gamma_prob": 0.0,
+    "s6noaug": ("cpu", {**NO_WARMUP, "train.augment.smooth_prob": 0.0, "train.augment.noise_prob": 0.0, "train.augment.gamma_prob": 0.0,
                         "train.augment.shift_prob": 0.0}),
     # the cpu preset with a narrower bottleneck (0.71 instead of 0.87 s a step in docs/training.md's profile)
-    "f96": ("cpu", {"network.filters": [8, 16, 32, 64, 96]}),
+    "f96": ("cpu", {**NO_WARMUP, "network.filters": [8, 16, 32, 64, 96]}),
     # the cpu preset at twice its learning rate
-    "lr2e-2": ("cpu", {"train.learning_rate": 2e-2}),
+    "lr2e-2": ("cpu", {**NO_WARMUP, "train.learning_rate": 2e-2}),
     # the cpu preset with one case a step (about half the price: run it with twice the steps)
-    "b1": ("cpu", {"train.batch_size": 1}),
+    "b1": ("cpu", {**NO_WARMUP, "train.batch_size": 1}),
     # the cpu preset with deep supervision (two extra heads; nnU-Net's default)
-    "ds": ("cpu", {"network.deep_supervision": True}),
+    "ds": ("cpu", {**NO_WARMUP, "network.deep_supervision": True}),
+    # the cpu preset without its 50-step warm-up (the cpu preset before 2026-12-03; its warm-up was recipe warm50)
+    "nowarm": ("cpu", {**NO_WARMUP}),
+    # the cpu preset at twice its rate, with its warm-up
+    "warm50lr2e-2": ("cpu", {"train.learning_rate": 2e-2}),
+    # the cpu preset with deep supervision (with its warm-up)
+    "dswarm50": ("cpu", {"network.deep_supervision": True}),
+    # nnU-Net's optimiser: SGD, momentum 0.99, Nesterov, at nnU-Net's rate
+    "sgd": ("cpu", {**NO_WARMUP, "train.optimizer": "sgd", "train.learning_rate": 1e-2}),
     # the whole body crop at 8 mm (48x40x40, a 4-stage 8-64 network), meant for the quick demo: measured 0.9 s a
     # step here, no cheaper than the cpu preset, and 0.09 after 200 steps (stopped)
-    "s8whole": ("cpu", {"preprocess.target_spacing": [8.0, 8.0, 8.0], "train.patch_size": [48, 40, 40],
+    "s8whole": ("cpu", {**NO_WARMUP, "preprocess.target_spacing": [8.0, 8.0, 8.0], "train.patch_size": [48, 40, 40],
                         "network.filters": [8, 16, 32, 64], "network.strides": [1, 2, 2, 2]}),
     # tumour model candidates: lesion-centred patches at a finer spacing than the organ model
-    "t3p48": ("cpu", {"preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
+    "t3p48": ("cpu", {**NO_WARMUP, "preprocess.target_spacing": [3.0, 3.0, 3.0], "train.patch_size": [48, 48, 48],
                       "network.res_block": False, "network.deep_supervision": False, "train.learning_rate": 1e-2,
                       "train.pos_fraction": 0.67, **PAPER_FLIPS}),
     # the cpu-lesion preset with 32^3 patches (3.4x fewer voxels a step) and 80% lesion-centred
@@ -109,7 +119,7 @@ def _train(recipe: str, prepared: Path, out: Path, args: argparse.Namespace) -> 
     iterations = int(overrides.pop("train.iterations_per_epoch", args.iterations))
     epochs = max(1, args.steps // iterations)
     overrides.update({"train.iterations_per_epoch": iterations, "train.val_every": args.val_every, "train.max_minutes": None})
-    overrides.setdefault("train.poly_horizon_epochs", epochs)
+    overrides.setdefault("train.poly_horizon_epochs", args.horizon_epochs or epochs)
     folder = out / "models" / recipe
     start = time.perf_counter()
     train(prepared, folder, task=args.task, preset=preset, epochs=epochs, overrides=overrides, progress=not args.quiet)
@@ -162,6 +172,8 @@ def main() -> int:
     parser.add_argument("--recipes", default=",".join(RECIPES), help=f"comma-separated, of: {', '.join(RECIPES)}")
     parser.add_argument("--task", default="organ", choices=("organ", "tumor"))
     parser.add_argument("--steps", type=int, default=600, help="optimiser steps per recipe (default 600)")
+    parser.add_argument("--horizon-epochs", type=int, help="poly horizon of the recipes that set none (default: their epochs); "
+                        "the demo's 40 lets a short run follow the first steps of the demo's schedule")
     parser.add_argument("--iterations", type=int, default=25, help="steps per epoch (default 25)")
     parser.add_argument("--val-every", type=int, default=4, help="validate every this many epochs (default 4)")
     parser.add_argument("--quiet", action="store_true")

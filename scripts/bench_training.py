@@ -36,10 +36,11 @@ def _worker(preset: str, task: str, warmup: int, repeats: int, threads: int | No
     from flareseg.config import get_preset
     from flareseg.model.network import build_network, count_parameters
     from flareseg.training.loss import build_loss, compute_loss
+    from flareseg.training.schedule import build_optimizer
 
     p = get_preset(preset, task)
     network = build_network(p.network).train()
-    optimizer = torch.optim.Adam(network.parameters(), lr=p.train.learning_rate)
+    optimizer = build_optimizer(p.train, network.parameters())
     loss_fn = build_loss()
     gen = torch.Generator().manual_seed(0)
     shape = (p.train.batch_size, 1, *p.train.patch_size)

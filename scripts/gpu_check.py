@@ -4,7 +4,7 @@
 Run by ``scripts/gpu_check.sh`` on a lent GPU machine. Measures, on CUDA with mixed precision:
 
 - training: seconds per optimiser step of the ``paper`` preset (31.4M parameters, batch 2 of 128^3,
-  Dice + CE, Adam, autocast) after warm-up steps, and the torch peak memory;
+  Dice + CE, the preset's optimiser, autocast) after warm-up steps, and the torch peak memory;
 - prediction: ``fast`` and ``accurate`` two-step prediction of a 512x512x300 CT-like phantom at
   0.8x0.8x1.0 mm with randomly initialised ``paper``-preset organ and tumour models (timing only:
   random weights segment nothing, so the fast mode's coarse pass finds no organ and falls back to
@@ -73,10 +73,11 @@ def _train_steps(preset: str, device: str, warmup: int, repeats: int) -> dict:
 
     from flareseg.config import get_preset
     from flareseg.model.network import build_network, count_parameters
+    from flareseg.training.schedule import build_optimizer
 
     p = get_preset(preset, "organ")
     network = build_network(p.network).to(device).train()
-    optimizer = torch.optim.Adam(network.parameters(), lr=p.train.learning_rate)
+    optimizer = build_optimizer(p.train, network.parameters())
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
     shape = (p.train.batch_size, 1, *p.train.patch_size)
     image = torch.randn(shape, device=device)

@@ -5,7 +5,7 @@
     python scripts/profile_step.py --preset cpu --no-variants   # the profile only
 
 Prints the profiler's table (self CPU time per op, grouped by input shape) and, for each variant,
-the median seconds per step (Dice + CE, Adam, random input of the preset's batch and patch). A
+the median seconds per step (Dice + CE, the preset's optimiser, random input of the preset's batch and patch). A
 benchmark, not a test: run it alone on the machine (under the project's CPU lock).
 """
 
@@ -24,19 +24,20 @@ import torch  # noqa: E402
 from monai.losses import DiceCELoss  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from flareseg.config import NetworkConfig, get_preset  # noqa: E402
+from flareseg.config import NetworkConfig, TrainConfig, get_preset  # noqa: E402
 from flareseg.measure.environment import cpu_info  # noqa: E402
 from flareseg.model.network import build_network  # noqa: E402
+from flareseg.training.schedule import build_optimizer  # noqa: E402
 
 
-def _step_fn(cfg: NetworkConfig, batch: int, patch: tuple[int, int, int], *, channels_last: bool = False, compiled: bool = False):
+def _step_fn(cfg: NetworkConfig, train: TrainConfig, batch: int, patch: tuple[int, int, int], *, channels_last: bool = False, compiled: bool = False):
     net = build_network(cfg)
     x = torch.randn(batch, cfg.in_channels, *patch)
     y = torch.randint(0, cfg.out_channels, (batch, 1, *patch))
     if channels_last:
         net, x = net.to(memory_format=torch.channels_last_3d), x.to(memory_format=torch.channels_last_3d)
     forward = torch.compile(net) if compiled else net
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    optimizer = build_optimizer(train, net.parameters())
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
 
     def step() -> None:
@@ -70,7 +71,7 @@ def main() -> int:
     batch, patch, net = preset.train.batch_size, preset.train.patch_size, preset.network
     print(f"{cpu_info().summary()}; torch {torch.__version__}, {torch.get_num_threads()} threads; preset {args.preset}: batch {batch} x {patch}")
 
-    step = _step_fn(net, batch, patch)
+    step = _step_fn(net, preset.train, batch, patch)
     seconds_per_step(step, repeats=0)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(3):
@@ -79,17 +80,17 @@ def main() -> int:
     if args.no_variants:
         return 0
     variants = {
-        "preset": lambda: _step_fn(net, batch, patch),
-        "channels-last 3-D": lambda: _step_fn(net, batch, patch, channels_last=True),
-        "torch.compile": lambda: _step_fn(net, batch, patch, compiled=True),
-        f"filters {net.filters[0]}-96": lambda: _step_fn(dataclasses.replace(net, filters=net.filters[:-1] + (96,)), batch, patch),
+        "preset": lambda: _step_fn(net, preset.train, batch, patch),
+        "channels-last 3-D": lambda: _step_fn(net, preset.train, batch, patch, channels_last=True),
+        "torch.compile": lambda: _step_fn(net, preset.train, batch, patch, compiled=True),
+        f"filters {net.filters[0]}-96": lambda: _step_fn(dataclasses.replace(net, filters=net.filters[:-1] + (96,)), preset.train, batch, patch),
         f"filters {2 * net.filters[0]}-{net.filters[-1]}": lambda: _step_fn(
-            dataclasses.replace(net, filters=tuple(min(2 * f, net.filters[-1]) for f in net.filters)), batch, patch),
+            dataclasses.replace(net, filters=tuple(min(2 * f, net.filters[-1]) for f in net.filters)), preset.train, batch, patch),
     }
     results = {name: round(seconds_per_step(make(), args.repeats), 3) for name, make in variants.items()}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    results["1 thread"] = round(seconds_per_step(_step_fn(net, batch, patch), args.repeats), 3)
+    results["1 thread"] = round(seconds_per_step(_step_fn(net, preset.train, batch, patch), args.repeats), 3)
     torch.set_num_threads(threads)
     print(json.dumps({"seconds_per_step": results}, indent=1))
     return 0

@@ -43,7 +43,7 @@ from flareseg.training.configure import training_overrides
 from flareseg.training.curve import CURVE_FILE
 from flareseg.training.data import sample_patches
 from flareseg.training.loop import initial_network
-from flareseg.training.schedule import lr_for_epoch, poly_lr
+from flareseg.training.schedule import SGD_MOMENTUM, build_optimizer, lr_for_epoch, lr_for_step, poly_lr
 from flareseg.training.validation import case_dice, dice_per_class
 
 TOY_ORGANS = (1, 2, 3, 5, 13)  # liver, right kidney, spleen, aorta, left kidney
@@ -161,6 +161,26 @@ def test_epochs_are_one_based_in_the_schedule():
     cfg = TrainConfig()
     assert lr_for_epoch(cfg, 1) == cfg.learning_rate
     assert lr_for_epoch(cfg, 501) == 0.0
+
+
+def test_warmup_raises_the_rate_linearly_then_hands_over_to_the_poly_schedule():
+    cfg = TrainConfig(learning_rate=1e-2, warmup_steps=4, iterations_per_epoch=2, poly_horizon_epochs=10)
+    assert [lr_for_step(cfg, 1 + step // 2, step) for step in range(4)] == pytest.approx([2.5e-3, 5e-3, 0.75e-2 * 0.9**0.9, 1e-2 * 0.9**0.9])
+    assert lr_for_step(cfg, 3, 4) == lr_for_epoch(cfg, 3)  # past the warm-up: the poly rate of the epoch
+    assert lr_for_step(dataclasses.replace(cfg, warmup_steps=0), 1, 0) == 1e-2
+    with pytest.raises(ConfigError, match="train.warmup_steps"):
+        TrainConfig(warmup_steps=-1)
+
+
+def test_the_optimiser_is_the_configured_one():
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    sgd = build_optimizer(TrainConfig(optimizer="sgd", learning_rate=1e-2, weight_decay=3e-5), params)
+    assert isinstance(sgd, torch.optim.SGD)
+    assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == SGD_MOMENTUM and sgd.defaults["weight_decay"] == 3e-5
+    assert type(build_optimizer(TrainConfig(), params)) is torch.optim.Adam
+    assert type(build_optimizer(TrainConfig(optimizer="adamw"), params)) is torch.optim.AdamW
+    with pytest.raises(ConfigError, match="train.optimizer must be one of adam, adamw, sgd, got 'rmsprop'"):
+        TrainConfig(optimizer="rmsprop")
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -549,6 +569,20 @@ def test_resume_continues_at_the_next_epoch_with_the_same_state(prepared, traine
         assert got["lr"] == want["lr"]
         assert got["train_loss"] == pytest.approx(want["train_loss"], rel=2e-3)
     assert read_model_config(out).train.epochs == 4
+
+
+def test_an_sgd_run_with_warmup_resumes_as_if_uninterrupted(prepared, tmp_path):
+    # The warm-up spans the break (7 steps of 5 an epoch) and SGD's momentum buffers must survive the checkpoint.
+    overrides = {"train.optimizer": "sgd", "train.warmup_steps": 7, "train.val_every": 1000}
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    train(prepared, whole, task="organ", preset="tiny", epochs=3, overrides=overrides, progress=False, num_workers=0)
+    train(prepared, split, task="organ", preset="tiny", epochs=1, overrides=overrides, progress=False, num_workers=0)
+    train(prepared, split, task="organ", resume=True, epochs=3, progress=False, num_workers=0)
+    got, want = read_log(split / LOG_FILE), read_log(whole / LOG_FILE)
+    assert [r["lr"] for r in got] == [r["lr"] for r in want] == pytest.approx([5 / 7 * 1e-2, 1e-2 * (1 - 1 / 500) ** 0.9, 1e-2 * (1 - 2 / 500) ** 0.9])
+    for g, w in zip(got, want):
+        assert g["train_loss"] == pytest.approx(w["train_loss"], rel=2e-3)
+    assert read_model_config(split).train.optimizer == "sgd"
 
 
 def test_kill_9_mid_epoch_then_resume(prepared, tmp_path):

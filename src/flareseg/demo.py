@@ -66,7 +66,7 @@ class DemoConfig:
     @classmethod
     def quick(cls) -> "DemoConfig":
         """A smoke-test demo: at most about 5 minutes on 2 cores."""
-        return cls(cases=16, val_cases=3, organ_epochs=8, tumor_epochs=2, organ_minutes=3.0, tumor_minutes=1.0)
+        return cls(cases=16, val_cases=3, organ_preset="cpu-quick", tumor_epochs=2, organ_minutes=3.0, tumor_minutes=1.0)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ from flareseg.training.curve import CURVE_FILE, write_training_curve
 from flareseg.training.data import PatchStream, TrainingData, default_workers
 from flareseg.training.distributed import Runtime, barrier, broadcast, mean_across, resolve_runtime, wrap_network
 from flareseg.training.loss import build_loss, compute_loss
-from flareseg.training.schedule import lr_for_epoch
+from flareseg.training.schedule import build_optimizer, lr_for_step
 from flareseg.training.validation import validate
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ def _setup(
         cache.build(data.train + data.val, workers=cache_workers, progress=progress)
     barrier(runtime)
     network = initial_network(cfg.network, init_from, seed=tcfg.seed).to(runtime.device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=tcfg.learning_rate, weight_decay=tcfg.weight_decay)
+    optimizer = build_optimizer(tcfg, network.parameters())
     scaler = torch.amp.GradScaler("cuda") if runtime.amp_dtype == torch.float16 else None
     state = TrainingState()
     if (out_dir / CHECKPOINT_FILE).is_file():
@@ -286,9 +286,7 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> dict[str, Any]:
         TrainingError: the loss became NaN or infinite.
     """
     cfg, tcfg, runtime = run.cfg, run.cfg.train, run.runtime
-    lr = lr_for_epoch(tcfg, epoch)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    first_step = (epoch - 1) * tcfg.iterations_per_epoch
     stream = PatchStream(
         run.cache, run.train_names, cfg.task, tcfg, seed=tcfg.seed, epoch=epoch, rank=runtime.rank, pad_value=cfg.inference.pad_value,
         labelled=run.labelled,
@@ -302,7 +300,10 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> dict[str, Any]:
         prefetch_factor=2 if run.workers > 0 else None,
     )
     losses = []
-    for _, batch in zip(range(tcfg.iterations_per_epoch), loader):
+    for i, batch in zip(range(tcfg.iterations_per_epoch), loader):
+        lr = lr_for_step(tcfg, epoch, first_step + i)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
         image = batch[IMAGE_KEY].to(runtime.device, non_blocking=True)
         target = batch[LABEL_KEY].to(runtime.device, non_blocking=True).long()
         labelled = batch[LABELLED_KEY].to(runtime.device, non_blocking=True)
@@ -323,7 +324,8 @@ def _train_epoch(run: _Run, epoch: int, bar: Any) -> dict[str, Any]:
         bar.update()
         bar.set_postfix(epoch=epoch, loss=f"{value:.3f}", lr=f"{lr:.2e}", refresh=False)
     train_loss = mean_across(float(np.mean(losses)), runtime)
-    return {"epoch": epoch, "train_loss": round(train_loss, 5), "lr": lr, "iterations": tcfg.iterations_per_epoch}
+    last_lr = lr_for_step(tcfg, epoch, first_step + tcfg.iterations_per_epoch - 1)
+    return {"epoch": epoch, "train_loss": round(train_loss, 5), "lr": last_lr, "iterations": tcfg.iterations_per_epoch}
 
 
 def _autocast(runtime: Runtime) -> contextlib.AbstractContextManager:

@@ -1,8 +1,11 @@
-"""The learning-rate schedule: the paper's poly decay with its undefined tail fixed (DESIGN section 5)."""
+"""The optimiser and its learning-rate schedule: the paper's poly decay with its undefined tail fixed
+(DESIGN section 5), after an optional linear warm-up."""
 
 from __future__ import annotations
 
 import math
+
+import torch
 
 from flareseg.config import TrainConfig
 from flareseg.errors import ConfigError
@@ -34,6 +37,26 @@ def poly_lr(epoch: float, *, base_lr: float, horizon: float, exponent: float = 0
     return max(float(floor), float(base_lr) * factor**exponent)
 
 
+SGD_MOMENTUM = 0.99
+"""nnU-Net's SGD momentum (Nesterov)."""
+
+
+def build_optimizer(cfg: TrainConfig, parameters) -> torch.optim.Optimizer:
+    """``cfg.optimizer`` over `parameters` at ``cfg.learning_rate`` with ``cfg.weight_decay``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=cfg.learning_rate, momentum=SGD_MOMENTUM, nesterov=True, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
 def lr_for_epoch(cfg: TrainConfig, epoch: int) -> float:
-    """Learning rate of 1-based `epoch` under `cfg` (epoch 1 uses ``cfg.learning_rate``)."""
+    """Learning rate of 1-based `epoch` under `cfg` (epoch 1 uses ``cfg.learning_rate``), before warm-up."""
     return poly_lr(epoch - 1, base_lr=cfg.learning_rate, horizon=cfg.poly_horizon_epochs, exponent=cfg.poly_exponent, floor=cfg.lr_floor)
+
+
+def lr_for_step(cfg: TrainConfig, epoch: int, step: int) -> float:
+    """Learning rate of 0-based optimiser `step` (counted over the whole run) in 1-based `epoch`:
+    :func:`lr_for_epoch` times the warm-up factor ``min(1, (step + 1) / cfg.warmup_steps)``."""
+    lr = lr_for_epoch(cfg, epoch)
+    return lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else lr
