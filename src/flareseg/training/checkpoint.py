@@ -1,7 +1,7 @@
 """What a run keeps on disk between epochs: the typed training state, the checkpoint, the weights, the log.
 
 The checkpoint is one safetensors file: ``model.*`` and ``optim.<param>.<state>`` tensors, and as JSON in
-its metadata the :class:`TrainingState`, Adam's param groups and scalar state, and the gradient
+its metadata the :class:`TrainingState`, the optimiser's param groups and scalar state, and the gradient
 scaler's state. No pickle is written or read.
 """
 
