@@ -92,6 +92,16 @@ RECIPES: dict[str, tuple[str, dict]] = {
     "t3p32jitlr3e-3": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.patch_size": [32, 32, 32], "train.learning_rate": 3e-3}),
     "t3p32jitnoaug": ("cpu-lesion", {"train.centre_jitter": 0.9, "train.patch_size": [32, 32, 32], "train.augment.smooth_prob": 0.0,
                                      "train.augment.noise_prob": 0.0, "train.augment.gamma_prob": 0.0, "train.augment.shift_prob": 0.0}),
+    # the quick demo's preset (200 steps; run with --horizon-epochs 40, as the preset follows the cpu schedule)
+    "cpu-quick": ("cpu-quick", {}),
+    "qlr2e-2": ("cpu-quick", {"train.learning_rate": 2e-2}),
+    "qlr3e-2": ("cpu-quick", {"train.learning_rate": 3e-2}),
+    "qnoaug": ("cpu-quick", {"train.augment.smooth_prob": 0.0, "train.augment.noise_prob": 0.0, "train.augment.gamma_prob": 0.0,
+                              "train.augment.shift_prob": 0.0}),
+    "qb2": ("cpu-quick", {"train.batch_size": 2}),
+    "qpartial": ("cpu-quick", {"train.case_selection": "partial"}),
+    # every case with an organ label (marginal loss), not only those with all 13
+    "partial": ("cpu", {"train.case_selection": "partial"}),
     # the cpu-lesion preset as it is, and with the two changes that sped up the organ model's first steps
     "cpu-lesion": ("cpu-lesion", {}),
     "t3ds": ("cpu-lesion", {"network.deep_supervision": True}),
