@@ -47,6 +47,12 @@ def _with_nan():
     return array
 
 
+def _with_overflow():
+    array = np.linspace(-1000, 1000, 512).reshape(8, 8, 8)  # float64
+    array[3, 3, 3] = 1e300
+    return array
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
@@ -54,6 +60,7 @@ def _with_nan():
         (lambda p: _write_raw(np.zeros((2, 3, 8, 8), np.int16) - 500, p / "four.nii.gz"), "3-D"),
         (lambda p: _write_raw(np.random.rand(8, 8, 8).astype(np.float32), p / "unit.nii.gz"), "Hounsfield"),
         (lambda p: _write_raw(_with_nan(), p / "nan.nii.gz"), "non-finite"),
+        (lambda p: _write_raw(_with_overflow(), p / "overflow.nii.gz"), "float32 range"),
         (lambda p: (p / "empty.nii.gz").write_bytes(b"") or p / "empty.nii.gz", "empty"),
         (lambda p: (p / "missing.nii.gz"), "no such file"),
         (lambda p: (p / "emptydir").mkdir() or p / "emptydir", "empty"),

@@ -97,6 +97,9 @@ def test_missing_folder_or_config_is_a_model_folder_error(tmp_path):
         read_model_config(tmp_path / "nowhere")
     with pytest.raises(ModelFolderError, match="no config.json"):
         read_model_config(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelFolderError, match="is a file, not a model folder"):
+        read_model_config(tmp_path / "model.safetensors")
 
 
 @pytest.mark.parametrize(

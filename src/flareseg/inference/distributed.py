@@ -43,11 +43,12 @@ from pathlib import Path
 import torch
 
 import flareseg
-from flareseg.errors import ConfigError, FlaresegError, ModelFolderError
+from flareseg.errors import ConfigError, FlaresegError
 from flareseg.inference.config import InferenceConfig
 from flareseg.inference.folder import plan_folder, predict_one
 from flareseg.inference.pipeline import TwoStepPredictor
 from flareseg.inference.reports import BatchReport
+from flareseg.model.folder import require_folder
 from flareseg.io import CaseInput
 
 log = logging.getLogger(__name__)
@@ -234,8 +235,8 @@ class RayRunner:
     ):
         models = [Path(organ_model).resolve(), None if tumor_model is None else Path(tumor_model).resolve()]
         for folder in models:
-            if folder is not None and not folder.is_dir():
-                raise ModelFolderError(f"{folder}: model folder not found")
+            if folder is not None:
+                require_folder(folder)
         self.models = tuple(None if m is None else str(m) for m in models)
         self.config = config if config is not None else InferenceConfig()
         self.device, self.address, self.workers, self.local_cpus = device, address, workers, local_cpus

@@ -255,9 +255,11 @@ def read_image(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
     """
     path = Path(path)
     volume = _read_volume(path)
-    array = volume.array.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(array)):
+    if not np.all(np.isfinite(volume.array)):
         raise InputError(f"{path}: the image holds non-finite values (NaN or infinity)")
+    if volume.array.dtype.kind == "f" and volume.array.dtype.itemsize > 4 and np.abs(volume.array).max() > np.finfo(np.float32).max:
+        raise InputError(f"{path}: the image holds values beyond the float32 range (|value| > 3.4e38); a CT in Hounsfield units spans about -1024 to 3071")
+    array = volume.array.astype(np.float32, copy=False)
     if check_ct:
         lo, hi = float(array.min()), float(array.max())
         if hi - lo < CT_MIN_PLAUSIBLE_RANGE_HU:

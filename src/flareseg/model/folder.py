@@ -149,16 +149,24 @@ def write_model_config(folder: Path, cfg: ModelConfig) -> None:
     atomic_write_bytes(Path(folder) / CONFIG_FILE, cfg.to_json().encode())
 
 
+def require_folder(folder: str | os.PathLike) -> Path:
+    """`folder` as a Path, or ModelFolderError when it does not exist or is a file."""
+    folder = Path(folder)
+    if folder.is_dir():
+        return folder
+    if folder.exists():
+        raise ModelFolderError(f"{folder}: is a file, not a model folder (give the folder that holds {CONFIG_FILE})")
+    raise ModelFolderError(f"{folder}: model folder not found")
+
+
 def read_model_config(folder: str | os.PathLike) -> ModelConfig:
     """Read and validate ``config.json`` of a model folder.
 
     Raises:
         ModelFolderError: the folder or its config is missing or invalid.
     """
-    folder = Path(folder)
+    folder = require_folder(folder)
     path = folder / CONFIG_FILE
-    if not folder.is_dir():
-        raise ModelFolderError(f"{folder}: model folder not found")
     if not path.is_file():
         raise ModelFolderError(f"{folder}: not a flareseg model folder (no {CONFIG_FILE})")
     data = read_json(path, ModelFolderError)
