@@ -245,8 +245,37 @@ def test_a_series_with_a_missing_slice_is_refused_with_its_position(real_data, t
     for p in folder.iterdir():
         if float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) == z[10]:
             p.unlink()
-    with pytest.raises(InputError, match=r"not uniform.*missing slice"):
+    with pytest.raises(InputError, match=r"not uniform.*missing slice") as info:
         read_image(folder)
+    assert "not part of the series" not in str(info.value)
+
+
+@pytest.mark.real
+def test_a_truncated_slice_is_named_where_the_gap_it_leaves_is_refused(real_data, tmp_path):
+    folder, _ = _series_copy(real_data, tmp_path)
+    z = _slice_positions(folder)
+    import pydicom
+
+    cut = next(p for p in sorted(folder.iterdir()) if float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) == z[10])
+    cut.write_bytes(cut.read_bytes()[:2000])
+    with pytest.raises(InputError, match=r"missing slice.*1 file\(s\) of the folder are not part of the series.*" + cut.name):
+        read_image(folder)
+
+
+@pytest.mark.real
+def test_of_two_series_in_one_folder_the_larger_is_read_and_the_choice_is_logged(real_data, tmp_path, caplog):
+    import pydicom
+
+    folder, files = _series_copy(real_data, tmp_path)
+    for i, f in enumerate(files[:3]):
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID = "1.2.3.4", f"1.2.3.4.{i}"
+        ds.ImagePositionPatient = [0.0, 0.0, 500.0 + 2 * i]
+        ds.save_as(folder / f"other{i}.dcm")
+    with caplog.at_level("WARNING", logger="flareseg.io.read"):
+        volume = read_image(folder)
+    assert volume.shape[2] == len(files)
+    assert f"reading the largest ({len(files)} slices" in caplog.text and "not the others (3 slices)" in caplog.text
 
 
 @pytest.mark.real

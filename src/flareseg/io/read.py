@@ -136,13 +136,16 @@ def dicom_series_files(folder: Path) -> list[str]:
         if not any(folder.iterdir()):
             raise InputError(f"{folder}: the folder is empty")
         raise InputError(f"{folder}: no DICOM series found in the folder")
+    files = {s: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series_ids}
     if len(series_ids) > 1:
         # Take the series with the most slices, as a person would.
-        series_ids = sorted(
-            series_ids, key=lambda s: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)), reverse=True
+        series_ids = sorted(series_ids, key=lambda s: len(files[s]), reverse=True)
+        others = ", ".join(str(len(files[s])) for s in series_ids[1:])
+        log.warning(
+            "%s: %d DICOM series found; reading the largest (%d slices, Series Instance UID %r), not the others (%s slices)",
+            folder, len(series_ids), len(files[series_ids[0]]), series_ids[0], others,
         )
-        log.warning("%s: %d DICOM series found; reading the largest (%s)", folder, len(series_ids), series_ids[0])
-    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_ids[0]))
+    return list(files[series_ids[0]])
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
@@ -203,8 +206,19 @@ def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
         first = int(np.flatnonzero(off)[0])
         raise InputError(
             f"{folder}: slice spacing is not uniform: {steps[first]:.2f} mm between the slices at {z[first]:.2f} and "
-            f"{z[first + 1]:.2f} mm, {typical:.2f} mm elsewhere (a missing slice?)"
+            f"{z[first + 1]:.2f} mm, {typical:.2f} mm elsewhere (a missing slice?){_files_left_out(folder, files)}"
         )
+
+
+def _files_left_out(folder: Path, files: Sequence[str]) -> str:
+    """A note naming the folder's files that the series does not include (a truncated or corrupt slice
+    is one of them: GDCM leaves out what it cannot parse), or "" when there are none."""
+    kept = {Path(f).name for f in files}
+    others = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in kept)
+    if not others:
+        return ""
+    shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    return f"; {len(others)} file(s) of the folder are not part of the series (unreadable, or another series): {shown}"
 
 
 def _first_line(exc: Exception) -> str:
