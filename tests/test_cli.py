@@ -192,6 +192,16 @@ def test_verbosity_flags_work_after_the_subcommand(models, ct_file, tmp_path, ca
 
 
 
+def test_verbose_shows_flareseg_debug_lines_not_every_library_s(tmp_path):
+    code = (
+        "import logging; from flareseg.cli import main; "
+        f"main(['evaluate', '-v', '--pred', {str(tmp_path / 'p')!r}, '--ref', {str(tmp_path / 'r')!r}, '--out', {str(tmp_path / 'o')!r}]); "
+        "print(logging.getLogger('flareseg.io').getEffectiveLevel(), logging.getLogger('matplotlib.font_manager').getEffectiveLevel())"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.stdout.split() == ["10", "20"], run.stderr  # logging.DEBUG for flareseg, logging.INFO for the rest
+
+
 def test_statistics_preview_and_label_tables_beside_the_output(models, ct_file, tmp_path, capsys):
     import json
 

@@ -213,6 +213,22 @@ def test_a_refused_write_publishes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_os_error_that_names_no_file_is_raised_naming_the_output(tmp_path):
+    import errno
+
+    from flareseg.errors import os_error_message
+    from flareseg.io import atomic_output
+
+    target = tmp_path / "preview.png"
+    with pytest.raises(OSError) as info:
+        with atomic_output(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")  # as matplotlib's savefig raises it
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(target)
+    assert os_error_message(info.value) == f"{target}: No space left on device"
+    assert list(tmp_path.iterdir()) == []
+
+
 # --------------------------------------------------------------------------------------------------
 # What is not a usable CT: refused with the file and the reason
 

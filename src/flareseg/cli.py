@@ -16,7 +16,7 @@ from pathlib import Path
 
 from flareseg import __version__
 from flareseg.config import ENGINES, OPTIMIZERS
-from flareseg.errors import FlaresegError
+from flareseg.errors import FlaresegError, os_error_message
 
 log = logging.getLogger("flareseg")
 
@@ -395,8 +395,9 @@ def main(argv: list[str] | None = None) -> int:
         print(unknown, file=sys.stderr)
         return EXIT_INPUT_ERROR
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose:  # flareseg's debug lines, not those of every library (matplotlib's font search alone is ~100)
+        logging.getLogger("flareseg").setLevel(logging.DEBUG)
     if not args.verbose:
         import SimpleITK as sitk
 
@@ -408,8 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"flareseg {args.command}: error: out of memory (a smaller input, --mode fast, or a machine with more memory)", file=sys.stderr)
     except OSError as exc:  # a full disk, a read-only file system, a permission: one line naming the file
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"flareseg {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(f"flareseg {args.command}: error: {os_error_message(exc)}", file=sys.stderr)
     except KeyboardInterrupt:
         print(f"flareseg {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -23,5 +23,12 @@ class ModelFolderError(ConfigError):
     """A model folder is missing, incomplete or of an unknown format version."""
 
 
+def os_error_message(exc: OSError, path: object = None) -> str:
+    """One line for an OS error (full disk, read-only file system, permission): the file it concerns
+    (the error's own, else `path`) and the reason."""
+    where = exc.filename or path
+    return f"{where}: {exc.strerror or exc}" if where else str(exc.strerror or exc)
+
+
 class TrainingError(FlaresegError):
     """Training cannot go on (e.g. the loss became NaN or infinite); the message names the epoch and the value."""

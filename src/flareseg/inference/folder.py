@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from flareseg.errors import ConfigError, FlaresegError
+from flareseg.errors import ConfigError, FlaresegError, os_error_message
 from flareseg.inference.config import InferenceConfig
 from flareseg.inference.pipeline import TwoStepPredictor
 from flareseg.inference.reports import BatchReport
@@ -158,7 +158,7 @@ def guarded(case: CaseInput, output: Path, work):
     except MemoryError:
         message = f"{case.path}: out of memory while predicting this case"
     except (FlaresegError, OSError) as exc:
-        message = str(exc) if isinstance(exc, FlaresegError) else f"{output}: {exc.strerror or exc}"
+        message = str(exc) if isinstance(exc, FlaresegError) else os_error_message(exc, output)
     except Exception as exc:  # an unexpected failure of one case is reported, the others go on
         log.exception("%s: prediction failed", case.name)
         message = f"{type(exc).__name__}: {exc}"

@@ -81,7 +81,8 @@ def atomic_output(path: str | os.PathLike, *, verify: Callable[[Path], Any] | No
             (a short write on a full disk, say).
 
     Raises:
-        OSError: the write, the check or the rename failed; nothing is left under either name.
+        OSError: the write, the check or the rename failed; nothing is left under either name. An error
+            that names no file (matplotlib's, say) is raised naming `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,11 +90,16 @@ def atomic_output(path: str | os.PathLike, *, verify: Callable[[Path], Any] | No
     try:
         yield tmp
         if not tmp.is_file():
-            raise OSError(errno.EIO, f"{path}: the writer produced no file")
+            raise OSError(errno.EIO, "the writer produced no file", str(path))
         if verify is not None:
             verify(tmp)
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.filename is None or Path(exc.filename) == tmp:
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -108,7 +114,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         if tmp.stat().st_size != len(data):
-            raise OSError(errno.ENOSPC, f"{path}: short write ({tmp.stat().st_size} of {len(data)} bytes)")
+            raise OSError(errno.ENOSPC, f"short write ({tmp.stat().st_size} of {len(data)} bytes)", str(path))
     return path
 
 

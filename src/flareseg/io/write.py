@@ -49,9 +49,9 @@ def _verify_written(tmp: Path, shape: tuple[int, ...], path: Path) -> None:
         else:
             ok = tuple(sitk.ReadImage(str(tmp)).GetSize()) == tuple(shape)
     except Exception as exc:  # any reader failure means the file is not whole
-        raise OSError(errno.EIO, f"{path}: the written file does not read back ({type(exc).__name__}: {exc}); disk full?") from None
+        raise OSError(errno.EIO, f"the written file does not read back ({type(exc).__name__}: {exc}); disk full?", str(path)) from None
     if not ok:
-        raise OSError(errno.EIO, f"{path}: the written file reads back with another shape; disk full?")
+        raise OSError(errno.EIO, "the written file reads back with another shape; disk full?", str(path))
 
 
 def write_label(label: np.ndarray, grid: Grid | Volume, path: str | os.PathLike) -> Path:
