@@ -159,11 +159,26 @@ def test_regime_counts_are_exact():
         ({"proportions": {"full": 1.5, "none": -0.5}}, ">= 0"),
         ({"lesion_free_fraction": 1.2}, "lesion_free_fraction"),
         ({"prefix": "a b"}, "prefix"),
+        ({"cases": 10**11}, "at most 100,000"),
     ],
 )
 def test_bad_config_raises(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         S.SynthConfig(**kwargs)
+
+
+def test_a_cohort_larger_than_the_free_disk_is_refused_before_anything_is_removed(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    out = tmp_path / "cohort"
+    S.generate_cohort(out, S.SynthConfig(cases=1, val_cases=0, size="small"), progress=False)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 10**6, 10**6))  # 1 MB free
+    with pytest.raises(ConfigError, match="need about 10 MB; the disk has 1 MB free"):
+        S.generate_cohort(out, S.SynthConfig(cases=2, val_cases=0, size="small"), progress=False)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 
 def test_bad_case_options_raise():

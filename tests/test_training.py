@@ -550,8 +550,16 @@ def test_model_folder_is_complete_and_pickle_free(trained):
 
 
 def test_an_existing_run_needs_resume(trained, prepared):
-    with pytest.raises(ConfigError, match="resume"):
+    with pytest.raises(ConfigError, match="--resume"):
         train(prepared, trained, task="organ", preset="tiny", progress=False)
+
+
+def test_a_file_as_the_model_folder_is_refused_before_any_work(prepared, tmp_path):
+    out = tmp_path / "model"
+    out.write_text("not a folder")
+    with pytest.raises(InputError, match="is a file"):
+        train(prepared, out, task="organ", preset="tiny", progress=False)
+    assert out.read_text() == "not a folder"
 
 
 def test_resume_continues_at_the_next_epoch_with_the_same_state(prepared, trained, tmp_path):

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader
 
 from flareseg.config import NetworkConfig
 from flareseg.data.cache import CACHE_DIRNAME, CachedCase, CaseCache
-from flareseg.errors import ConfigError, ModelFolderError, TrainingError
+from flareseg.errors import ConfigError, InputError, ModelFolderError, TrainingError
 from flareseg.io import remove_stale_temporaries
 from flareseg.labels import name_of
 from flareseg.model.folder import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, write_model_config
@@ -121,10 +121,12 @@ def train(
 
     Raises:
         ConfigError: invalid settings, an existing run without ``resume``, a broken checkpoint.
-        InputError: an unreadable prepared cohort or case.
+        InputError: an unreadable prepared cohort or case; `out_dir` is a file.
         TrainingError: the loss became NaN or infinite.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: is a file; the model folder to write must be a folder (or a path that does not exist yet)")
     runtime = resolve_runtime(device)
     if resume and (out_dir / CHECKPOINT_FILE).is_file():
         cfg = resume_config(out_dir, epochs, overrides)
@@ -133,7 +135,7 @@ def train(
         data = resume_data(prepared_dir, cfg)
     else:
         if not resume and ((out_dir / CHECKPOINT_FILE).is_file() or (out_dir / CONFIG_FILE).is_file()):
-            raise ConfigError(f"{out_dir} already holds a training run; pass resume=True to continue it, or choose another folder")
+            raise ConfigError(f"{out_dir} already holds a training run; resume it (--resume; resume=True in Python) or choose another folder")
         cfg, data = resolve_model_config(prepared_dir, task=task, preset=preset, epochs=epochs, init_from=init_from, overrides=overrides)
     barrier(runtime)  # every rank has looked at out_dir before rank 0 writes to it
     if runtime.is_main:

@@ -43,6 +43,10 @@ REGIMES: tuple[str, ...] = ("full", "lesion", "partial", "none")
 # ---------------------------------------------------------------------------------------------
 
 _DEFAULT_PROPORTIONS = (("full", 0.3), ("lesion", 0.3), ("partial", 0.2), ("none", 0.2))
+MAX_CASES = 100_000
+"""Most cases of either kind a cohort may ask for (100,000 small phantoms are ~0.4 TB)."""
+BYTES_PER_CASE = {"full": 50e6, "small": 5e6}
+"""Disk a phantom's image and label take, rounded up (measured: ~44 MB full, ~4 MB small)."""
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,8 @@ class SynthConfig:
     """Parameters of a synthetic FLARE23-style cohort (serialised into the manifest).
 
     Attributes:
-        cases: number of training cases (labelled by regime, or unlabelled), >= 0.
-        val_cases: number of validation cases (always completely labelled), >= 0.
+        cases: number of training cases (labelled by regime, or unlabelled), 0 to :data:`MAX_CASES`.
+        val_cases: number of validation cases (always completely labelled), 0 to :data:`MAX_CASES`.
         seed: master seed; case ``i`` draws from :func:`case_rng` ``(seed, i)``.
         size: voxel-grid profile, ``"full"`` (512 x 512 at 0.6-1.0 mm, 1-5 mm slices) or ``"small"``
             (192-256 in-plane at 1.5-2.0 mm, 2-5 mm slices). The anatomy in mm is the same.
@@ -90,6 +94,8 @@ class SynthConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative integer, got {value!r}")
+            if name != "seed" and value > MAX_CASES:
+                raise ConfigError(f"{name} must be at most {MAX_CASES:,}, got {value:,}")
             object.__setattr__(self, name, int(value))
         if self.cases + self.val_cases == 0:
             raise ConfigError("cases and val_cases are both 0: nothing to generate")
@@ -160,6 +166,20 @@ def case_rng(seed: int, index: int) -> np.random.Generator:
 # ---------------------------------------------------------------------------------------------
 # Cohort
 # ---------------------------------------------------------------------------------------------
+
+
+def _check_free_space(out: Path, config: SynthConfig) -> None:
+    """Refuse a cohort larger than the free space of the disk that would hold `out`."""
+    import shutil
+
+    need = (config.cases + config.val_cases) * BYTES_PER_CASE[config.size]
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise ConfigError(
+            f"{out}: {config.cases + config.val_cases:,} {config.size} phantoms need about {need / 1e6:,.0f} MB; "
+            f"the disk has {free / 1e6:,.0f} MB free"
+        )
 
 
 def _prepare_out_dir(out: Path) -> None:
@@ -293,13 +313,15 @@ def generate_cohort(out_dir: str | os.PathLike, config: SynthConfig, *, progress
         The manifest (as written).
 
     Raises:
-        ConfigError: `out_dir` is a file or a non-empty folder that is not a synthetic cohort.
+        ConfigError: `out_dir` is a file or a non-empty folder that is not a synthetic cohort, or its
+            disk has less free space than the cohort needs (checked before anything is written or removed).
     """
     from tqdm.auto import tqdm
 
     from flareseg import __version__
 
     out = Path(out_dir)
+    _check_free_space(out, config)
     _prepare_out_dir(out)
     counts = regime_counts(config.cases, config.proportions)
     regimes = [name for name in REGIMES for _ in range(counts[name])]
