@@ -144,6 +144,24 @@ def test_output_paths_are_refused_before_any_work(models, ct_file, tmp_path, cap
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ct.nii.gz", "existing", "a_file.txt", "link.nii.gz"])
 
 
+@pytest.mark.parametrize("command", ["evaluate", "prepare", "train", "benchmark", "demo"])
+def test_every_folder_output_that_is_a_file_is_refused_by_name(models, ct_file, tmp_path, capsys, command):
+    organ, _ = models
+    out = tmp_path / "taken"
+    out.write_text("keep me")
+    args = {
+        "evaluate": ["--pred", tmp_path, "--ref", tmp_path],
+        "prepare": ["--data", tmp_path],
+        "train": ["--task", "organ", "--prepared", tmp_path],
+        "benchmark": ["-i", ct_file.parent, "--organ-model", organ],
+        "demo": [],
+    }[command]
+    ct_file.rename(ct_file.parent / "case_0000.nii.gz")
+    code, err = _run_main(capsys, command, "-q", *args, "--out", out)
+    assert code == 2 and err == [f"flareseg {command}: error: {out}: is a file; the output here is a folder (give a new or existing folder)"]
+    assert out.read_text() == "keep me"
+
+
 def test_folder_run_into_a_file_is_refused(models, tmp_path, capsys):
     organ, _ = models
     image, _ = phantom_ct()

@@ -23,6 +23,7 @@ from flareseg.io import atomic_write_text, read_image, read_json, read_label
 from flareseg.labels import LESION
 from flareseg.inference import InferenceConfig, predict_case
 from flareseg.io import find_cases
+from flareseg.io.output import check_output_folder
 from flareseg.report import best_and_worst, headline_table, overlay_figure, write_report
 from flareseg.data.synthetic import MANIFEST_NAME, SynthConfig, generate_cohort
 from flareseg.measure import cpu_info
@@ -122,9 +123,13 @@ def _training_run(folder: Path, task: str, preset: str, cap_minutes: float) -> T
 
 
 def run_demo(out_dir: str | Path, *, config: DemoConfig = DemoConfig(), device: str = "cpu", progress: bool = True) -> DemoResult:
-    """Run the whole mission on a synthetic cohort under `out_dir` and return the headline numbers."""
+    """Run the whole mission on a synthetic cohort under `out_dir` and return the headline numbers.
+
+    Raises:
+        InputError: `out_dir` is a file or not writable (before any work).
+    """
     start = time.perf_counter()
-    out = Path(out_dir)
+    out = check_output_folder(out_dir)
     cohort, prepared, models = out / "cohort", out / "prepared", out / "models"
     cpu = cpu_info().summary()
     print(f"machine: {cpu}", flush=True)

@@ -34,6 +34,7 @@ from flareseg.config import Fingerprint, to_dict
 from flareseg.data.pseudo import PseudoLabel, read_pseudo_labels
 from flareseg.errors import FlaresegError, InputError
 from flareseg.io import Volume, atomic_write_bytes, find_training_cases, orientation_code, read_image, read_label
+from flareseg.io.output import check_output_folder
 from flareseg.labels import LESION, ORGAN_IDS
 from flareseg.transforms.preprocessing import compute_fingerprint, sample_foreground
 
@@ -232,11 +233,12 @@ def prepare_cohort(
 
     Raises:
         InputError: the cohort folder is missing or not FLARE-layout; a bad pseudo-label folder (no
-            provenance, a case not in the cohort, a missing label file, ids outside 0-14).
+            provenance, a case not in the cohort, a missing label file, ids outside 0-14); `out_dir` is a
+            file or not writable.
         GeometryError: a pseudo-label file not on its case image's grid.
         On an error nothing is written.
     """
-    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    data_dir, out_dir = Path(data_dir), check_output_folder(out_dir)
     found = find_training_cases(data_dir)
     pseudo = read_pseudo_labels(pseudo_labels, {name for name, _, _ in found}) if pseudo_labels is not None else {}
     records: list[CaseRecord] = []

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from flareseg.errors import ConfigError, GeometryError, InputError
 from flareseg.io import atomic_write_text
+from flareseg.io.output import check_output_folder
 from flareseg.labels import ALL_FOREGROUND_IDS, BY_ID
 from flareseg.evaluation.metrics import DEFAULT_NSD_GATE, CaseScores, as_official_labels, score_case
 from flareseg.evaluation.summary import CaseScore, case_facts, summarize
@@ -253,12 +254,14 @@ def evaluate_folder(
         A :class:`Summary`.
 
     Raises:
-        InputError: a folder or a prediction is missing, or a file is unreadable (named in the message).
+        InputError: a folder or a prediction is missing, a file is unreadable (named in the message), or
+            `out_dir` is a file or not writable.
         GeometryError: a prediction's shape differs from its reference's (both files named).
     """
     if not 0 <= nsd_gate <= 1:
         raise ConfigError(f"nsd_gate must lie in [0, 1], got {nsd_gate}")
     label_ids = tuple(label_ids)
+    check_output_folder(out_dir)
     cases = find_cases(pred_dir, ref_dir, missing=missing)
     absent = tuple(name for name, _, pred in cases if pred is None)
     if absent:

@@ -121,17 +121,18 @@ def check_output_file(output: str | os.PathLike, *, source: str | os.PathLike | 
 
 
 def check_output_folder(output: str | os.PathLike, *, source: str | os.PathLike | None = None) -> Path:
-    """Check that a folder of label maps can be written at `output`; returns it as a Path.
+    """Check that an output folder (of label maps, tables, a model) can be written at `output`;
+    returns it as a Path.
 
     Raises:
-        InputError: `output` is the input folder, an existing file, or lies under a file or a
+        InputError: `output` is the input folder `source`, an existing file, or lies under a file or a
             read-only folder.
     """
     output = Path(output)
     if source is not None and (output.resolve() == Path(source).resolve() or _same_path(output, Path(source))):
         raise InputError(f"{output}: the output folder must differ from the input folder (outputs would be read as inputs)")
     if output.exists() and not output.is_dir():
-        raise InputError(f"{output}: is a file; a folder input needs an output folder")
+        raise InputError(f"{output}: is a file; the output here is a folder (give a new or existing folder)")
     _check_writable_folder(output, output)
     return output
 

@@ -33,6 +33,7 @@ from typing import Any, Callable, Sequence
 
 from flareseg.errors import InputError
 from flareseg.io import case_name, read_image_header
+from flareseg.io.output import check_output_folder
 from flareseg.measure.measurement import ISOLATIONS, CaseMeasurement
 from flareseg.measure.sampler import MIB, SAMPLE_INTERVAL_S, MemoryCurve, MemorySampler, NvmlProbe, torch_cuda
 from flareseg.measure.tables import write_efficiency
@@ -322,12 +323,13 @@ def benchmark_cases(
         One measurement per case, in order.
 
     Raises:
-        InputError: `case_paths` is empty, two cases share a name, `isolation` is unknown, or
+        InputError: `case_paths` is empty, `out_dir` is a file or not writable, two cases share a name, `isolation` is unknown, or
             (``'process'``) `predict_one` cannot be sent to a case's process.
     """
     paths = [Path(p) for p in case_paths]
     if not paths:
         raise InputError("benchmark_cases: no cases given")
+    check_output_folder(out_dir)
     if isolation not in ISOLATIONS:
         raise InputError(f"benchmark_cases: isolation must be one of {', '.join(ISOLATIONS)}, got {isolation!r}")
     names = [case_name(p) for p in paths]

@@ -50,8 +50,9 @@ from torch.utils.data import DataLoader
 
 from flareseg.config import NetworkConfig
 from flareseg.data.cache import CACHE_DIRNAME, CachedCase, CaseCache
-from flareseg.errors import ConfigError, InputError, ModelFolderError, TrainingError
+from flareseg.errors import ConfigError, ModelFolderError, TrainingError
 from flareseg.io import remove_stale_temporaries
+from flareseg.io.output import check_output_folder
 from flareseg.labels import name_of
 from flareseg.model.folder import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, write_model_config
 from flareseg.model.network import build_network
@@ -121,12 +122,11 @@ def train(
 
     Raises:
         ConfigError: invalid settings, an existing run without ``resume``, a broken checkpoint.
-        InputError: an unreadable prepared cohort or case; `out_dir` is a file.
+        InputError: an unreadable prepared cohort or case; `out_dir` is a file or not writable.
         TrainingError: the loss became NaN or infinite.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: is a file; the model folder to write must be a folder (or a path that does not exist yet)")
+    check_output_folder(out_dir)
     runtime = resolve_runtime(device)
     if resume and (out_dir / CHECKPOINT_FILE).is_file():
         cfg = resume_config(out_dir, epochs, overrides)
