@@ -122,6 +122,10 @@ def test_missing_folder_or_config_is_a_model_folder_error(tmp_path):
         (lambda d: {**d, "task": 3}, "task must be"),
         (lambda d: {**d, "train": "fast"}, "TrainConfig"),
         (lambda d: {**d, "inference": {"patch_size": [10**5] * 3, "mirror_axes": [], "pad_value": 0}}, "inference.patch_size"),
+        (lambda d: {**d, "inference": {**d["inference"], "pad_value": 1e308}}, "inference.pad_value"),
+        (lambda d: {**d, "channel_labels": list(range(13)) + [99]}, r"channel_labels of the organ model must be \[0, 1,"),
+        (lambda d: {**d, "fingerprint": {**d["fingerprint"], "std": 1e-300}}, "fingerprint.std"),
+        (lambda d: {**d, "fingerprint": {**d["fingerprint"], "mean": 1e300}}, "fingerprint.mean"),
     ],
 )
 def test_corrupt_config_is_a_model_folder_error(tmp_path, mutate, message):

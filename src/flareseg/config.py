@@ -170,6 +170,10 @@ class PreprocessConfig:
         _check_real("preprocess.body_margin_mm", self.body_margin_mm, low=0)
 
 
+FINGERPRINT_HU_LIMIT = 1e5
+"""Largest magnitude (HU) a fingerprint statistic may have: stored CT values lie within int16 or uint16."""
+
+
 @dataclass(frozen=True)
 class Fingerprint:
     """Foreground intensity statistics of the training set, in HU (DESIGN section 3)."""
@@ -181,9 +185,8 @@ class Fingerprint:
 
     def __post_init__(self) -> None:
         for name in ("percentile_00_5", "percentile_99_5", "mean"):
-            _check_real(f"fingerprint.{name}", getattr(self, name))
-        if not self.std > 0:
-            raise ConfigError(f"fingerprint.std must be positive, got {self.std}")
+            _check_real(f"fingerprint.{name}", getattr(self, name), low=-FINGERPRINT_HU_LIMIT, high=FINGERPRINT_HU_LIMIT)
+        _check_real("fingerprint.std", self.std, low=1e-3, high=FINGERPRINT_HU_LIMIT)
         if not self.percentile_00_5 <= self.percentile_99_5:
             raise ConfigError(f"fingerprint percentiles out of order: {self.percentile_00_5} > {self.percentile_99_5}")
 
@@ -351,7 +354,7 @@ class InferenceDefaults:
         axes = self.mirror_axes
         if not isinstance(axes, tuple) or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
             raise ConfigError(f"inference.mirror_axes must be distinct axes among 0, 1, 2; got {axes!r}")
-        _check_real("inference.pad_value", self.pad_value)
+        _check_real("inference.pad_value", self.pad_value, low=-1e6, high=1e6)  # a normalised intensity: float32-safe
 
 
 @dataclass(frozen=True)

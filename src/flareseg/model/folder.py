@@ -80,6 +80,9 @@ class ModelConfig:
             raise ConfigError(
                 f"channel_labels has {len(self.channel_labels)} entries but the network has {self.network.out_channels} outputs"
             )
+        expected = channel_labels_for(self.task)
+        if tuple(self.channel_labels) != expected:
+            raise ConfigError(f"channel_labels of the {self.task} model must be {list(expected)} (the task table), got {list(self.channel_labels)}")
         if self.inference is None:  # frozen: the derived default is set once, here
             object.__setattr__(self, "inference", inference_defaults(self.train, self.fingerprint))
 
