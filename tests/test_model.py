@@ -149,6 +149,12 @@ def test_missing_or_mismatched_weights_are_model_folder_errors(tmp_path):
     (tmp_path / WEIGHTS_FILE).write_bytes(b"\x00" * 10)
     with pytest.raises(ModelFolderError):
         load_model(tmp_path)
+    state = build_network(cfg.network).state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("inf"))
+    save_tensors(state, tmp_path / WEIGHTS_FILE)
+    with pytest.raises(ModelFolderError, match=f"tensor {name} holds NaN or infinite"):
+        load_model(tmp_path)
 
 
 def test_config_json_has_the_inference_section_training_derived(tmp_path):

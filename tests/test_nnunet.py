@@ -233,6 +233,16 @@ def test_checkpoint_with_code_is_refused_without_running_it(tmp_path):
     assert not marker.exists()
 
 
+def test_a_checkpoint_with_nan_weights_is_refused_by_tensor(tmp_path):
+    root, network = write_nnunet_folder(tmp_path / "m")
+    state = network.state_dict()
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))
+    torch.save({"network_weights": state}, root / "fold_0" / "checkpoint_final.pth")
+    with pytest.raises(ModelFolderError, match=f"checkpoint_final.pth: tensor {name} holds NaN"):
+        load_nnunet_model(root)
+
+
 @pytest.mark.parametrize(
     "change,message",
     [

@@ -205,13 +205,25 @@ def read_weights(folder: str | os.PathLike, *, weights: str = WEIGHTS_FILE) -> d
     """The tensors of a model folder's weights file, by name (CPU).
 
     Raises:
-        ModelFolderError: the file is missing or not a safetensors file.
+        ModelFolderError: the file is missing or not a safetensors file, or a floating-point tensor holds
+            NaN or infinity (:func:`check_finite`: a run that diverged, or a damaged file; such a network
+            predicts garbage silently, and differently on each engine).
     """
     path = weights_path(folder, weights=weights)
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:
         raise ModelFolderError(f"{path}: weights do not fit the network in config.json: {str(exc).splitlines()[0]}") from None
+    return check_finite(tensors, path)
+
+
+def check_finite(tensors: dict[str, Any], path: Path) -> dict[str, Any]:
+    """`tensors` (name -> tensor, of weights file `path`) as they are, or ModelFolderError naming the
+    first floating-point tensor that holds NaN or infinity."""
+    for name, tensor in tensors.items():
+        if isinstance(tensor, torch.Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFolderError(f"{path}: tensor {name} holds NaN or infinite values; the weights are unusable")
+    return tensors
 
 
 def load_network(folder: str | os.PathLike, cfg: ModelConfig, device: str | torch.device = "cpu", *, weights: str = WEIGHTS_FILE) -> torch.nn.Module:

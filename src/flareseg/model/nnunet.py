@@ -40,7 +40,7 @@ from flareseg.config import MAX_FEATURES, Fingerprint, InferenceDefaults, Networ
 from flareseg.errors import ModelFolderError
 from flareseg.io import read_json
 from flareseg.labels import TASK_TABLE
-from flareseg.model.folder import ModelConfig
+from flareseg.model.folder import ModelConfig, check_finite
 from flareseg.transforms.preprocessing import pad_value_of
 
 PLANS_FILE = "plans.json"
@@ -134,7 +134,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """Read an nnU-Net checkpoint with torch's weights-only unpickler (tensors, containers, numpy scalars).
 
     Raises:
-        ModelFolderError: unreadable, truncated, holding objects other than data, or without weights.
+        ModelFolderError: unreadable, truncated, holding objects other than data, without weights, or with
+            non-finite weights.
     """
     try:
         with torch.serialization.safe_globals(NUMPY_DATA_GLOBALS):
@@ -146,6 +147,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise ModelFolderError(f"{path}: not a readable PyTorch checkpoint: {str(exc).splitlines()[0]}") from None
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
         raise ModelFolderError(f"{path}: no 'network_weights' in the checkpoint (not an nnU-Net v2 checkpoint?)")
+    check_finite(checkpoint["network_weights"], path)
     return checkpoint
 
 
