@@ -123,6 +123,19 @@ def test_missing_or_negative_spacing_rejected(tmp_path, value):
         read_image(bad)
 
 
+def test_a_header_spacing_that_spans_metres_is_refused_before_reading(tmp_path):
+    import struct
+
+    image, _ = phantom_ct()
+    path = write_volume(image, tmp_path / "ct.nii")
+    header = bytearray(path.read_bytes())
+    header[80:92] = struct.pack("<3f", 100.0, 100.0, 100.0)  # pixdim[1:4]: metres of CT in a few voxels
+    bad = tmp_path / "metres.nii"
+    bad.write_bytes(bytes(header))
+    with pytest.raises(InputError, match=r"metres.nii: the volume spans 4,000 x .* a CT spans at most ~2,000 mm"):
+        read_image(bad)
+
+
 def test_label_geometry_mismatch_names_both(tmp_path):
     image, label = phantom_ct()
     write_volume(image, tmp_path / "ct.nii.gz")

@@ -30,6 +30,10 @@ CT_MAX_LOWEST_HU = -200.0
 """A CT of the abdomen always holds air, lung or fat: its lowest value lies below this."""
 MAX_VOXELS = 2048 * 1024 * 1024
 """The largest volume read (2^31 voxels, 8 GiB as float32: e.g. 2048 x 1024 x 1024)."""
+MAX_EXTENT_MM = 3000.0
+"""The largest extent (mm) along any axis of an image read: a whole-body CT spans ~2,000 mm along the
+table and at most ~780 mm across. A header whose spacing is in micrometres, or simply wrong, would
+otherwise be resampled to billions of voxels over minutes before anything failed."""
 MAX_COMPRESSION_RATIO = 1100
 """An upper bound of the voxels a byte of a (compressed) image file can hold."""
 
@@ -248,6 +252,12 @@ def _check_header(path: Path, dimension: int, size, components: int, spacing, di
     spacing = np.array(spacing, dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InputError(f"{path}: voxel spacing must be positive and finite, got {tuple(spacing)}")
+    extent = spacing * np.array([int(s) for s in size], dtype=float)
+    if np.any(extent > MAX_EXTENT_MM):
+        raise InputError(
+            f"{path}: the volume spans {' x '.join(f'{e:,.0f}' for e in extent)} mm ({tuple(int(s) for s in size)} voxels of "
+            f"{' x '.join(f'{s:g}' for s in spacing)} mm); a CT spans at most ~2,000 mm: is the spacing in the header in mm?"
+        )
     direction = np.array(direction, dtype=float).reshape(3, 3)
     if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1) > 1e-2:
         raise InputError(f"{path}: the direction matrix is not a rotation: {direction.round(4).tolist()}")
