@@ -159,6 +159,18 @@ def test_unreadable_and_missing_inputs(tmp_path):
         evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
 
 
+def test_a_label_header_declaring_a_huge_volume_is_refused_before_reading(tmp_path):
+    (tmp_path / "ref").mkdir()
+    (tmp_path / "pred").mkdir()
+    header = nib.Nifti1Header()
+    header.set_data_shape((4000, 4000, 4000))  # 64e9 voxels declared, 1 kB stored
+    header.set_data_dtype(np.uint8)
+    (tmp_path / "ref" / "a.nii").write_bytes(header.binaryblock + b"\0" * 1024)
+    _save(tmp_path / "pred" / "a.nii", _case(0)[0])
+    with pytest.raises(InputError, match=r"ref/a.nii: the header declares \(4000, 4000, 4000\)"):
+        evaluate_folder(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
+
+
 def test_summarize_handmade_rows():
     rows = []
     for case, (d1, d14) in {"a": (0.9, 0.5), "b": (0.7, 0.0)}.items():

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from flareseg.errors import ConfigError, GeometryError, InputError
 from flareseg.io import atomic_write_text
+from flareseg.io.read import check_declared_size
 from flareseg.io.output import check_output_folder
 from flareseg.labels import ALL_FOREGROUND_IDS, BY_ID
 from flareseg.evaluation.metrics import DEFAULT_NSD_GATE, CaseScores, as_official_labels, score_case
@@ -116,7 +117,8 @@ def read_label_array(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, 
         ``get_fdata().astype(np.int8)``), the header zooms of the first three axes, and the affine.
 
     Raises:
-        InputError: missing, unreadable or not a 3-D volume; the message names the file.
+        InputError: missing, unreadable, not a 3-D volume, or a header declaring more voxels than flareseg
+            reads or than the file holds (checked before the voxels are read); the message names the file.
     """
     import nibabel as nib
 
@@ -130,6 +132,7 @@ def read_label_array(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, 
             shape = shape[:3]
         if len(shape) != 3:
             raise InputError(f"{path}: expected a 3-D label map, got shape {image.shape}")
+        check_declared_size(path, shape)
         proxy = image.dataobj
         slope, inter = getattr(proxy, "slope", 1.0), getattr(proxy, "inter", 0.0)
         if np.issubdtype(image.get_data_dtype(), np.integer) and slope == 1 and inter == 0:

@@ -231,12 +231,9 @@ def _first_line(exc: Exception) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _check_header(path: Path, dimension: int, size, components: int, spacing, direction) -> None:
-    """Validate a header before any voxel is read (dimension, size, spacing, direction, declared bytes)."""
-    if dimension != 3:
-        raise InputError(f"{path}: expected a 3-D volume, got a {dimension}-D image of size {tuple(size)}")
-    if components != 1:
-        raise InputError(f"{path}: expected one value per voxel, got {components} (vector or RGB image)")
+def check_declared_size(path: Path, size: Sequence[int]) -> None:
+    """Refuse, before any voxel is read, a header declaring an empty volume, more than :data:`MAX_VOXELS`
+    voxels, or more voxels than its file can hold even compressed (InputError naming the file)."""
     if min(size) < 1:
         raise InputError(f"{path}: the volume is empty (size {tuple(size)})")
     voxels = int(np.prod([int(s) for s in size], dtype=np.int64))
@@ -249,6 +246,15 @@ def _check_header(path: Path, dimension: int, size, components: int, spacing, di
             raise InputError(
                 f"{path}: the header declares {tuple(int(s) for s in size)} voxels but the file has only {stored:,} bytes (truncated or corrupt file)"
             )
+
+
+def _check_header(path: Path, dimension: int, size, components: int, spacing, direction) -> None:
+    """Validate a header before any voxel is read (dimension, size, spacing, direction, declared bytes)."""
+    if dimension != 3:
+        raise InputError(f"{path}: expected a 3-D volume, got a {dimension}-D image of size {tuple(size)}")
+    if components != 1:
+        raise InputError(f"{path}: expected one value per voxel, got {components} (vector or RGB image)")
+    check_declared_size(path, size)
     spacing = np.array(spacing, dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InputError(f"{path}: voxel spacing must be positive and finite, got {tuple(spacing)}")
