@@ -466,6 +466,20 @@ def test_empty_or_missing_input_folder(thresholds, tmp_path):
         run_folder(thresholds, tmp_path / "in", tmp_path / "in", progress=False)
 
 
+def test_further_channels_are_skipped_and_dangling_links_fail_by_name(thresholds, tmp_path, caplog):
+    _write_inputs(tmp_path / "in", ("a_0000.nii.gz", "a_0001.nii.gz", "b_0001.nii.gz"))
+    os.symlink(tmp_path / "gone.nii.gz", tmp_path / "in" / "c_0000.nii.gz")
+    with caplog.at_level("WARNING", logger="flareseg.io.layout"):
+        cases = find_cases(tmp_path / "in")
+    # b_0001 has no b_0000: a case of its own name, as before
+    assert [c.name for c in cases] == ["a", "b_0001", "c"]
+    assert "skipped 1 further input channel(s)" in caplog.text and "a_0001.nii.gz" in caplog.text
+    assert "1 link(s) to missing files" in caplog.text
+    batch = run_folder(thresholds, tmp_path / "in", tmp_path / "out", progress=False)
+    assert sorted(r.case for r in batch.predicted) == ["a", "b_0001"]
+    assert list(batch.failed) == ["c"] and "c_0000.nii.gz" in batch.failed["c"]
+
+
 @pytest.mark.real
 def test_dicom_series_folder_is_one_case(real_data, thresholds, tmp_path):
     series = real_data / "totalsegmentator_dicom" / "dicom"

@@ -203,7 +203,7 @@ def run_folder(
         if bar is not None:
             bar.close()
     batch.seconds = time.perf_counter() - start
-    log.info("%s", batch.summary())
+    log.debug("%s", batch.summary())  # the caller prints it (the CLI) or reads the report
     return batch
 
 

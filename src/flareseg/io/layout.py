@@ -7,6 +7,7 @@ input folder for prediction holds image files and/or DICOM series sub-folders.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from flareseg.errors import InputError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 IMAGE_CHANNEL_SUFFIX = "_0000"
@@ -31,10 +34,19 @@ def label_file_name(case: str) -> str:
     return case + LABEL_SUFFIX
 
 
+def _has_image_suffix(path: Path) -> bool:
+    return path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
 def is_image_path(path: Path) -> bool:
     """True when `path` names a file of a supported volume format."""
-    name = path.name.lower()
-    return path.is_file() and any(name.endswith(s) for s in IMAGE_SUFFIXES)
+    return path.is_file() and _has_image_suffix(path)
+
+
+def _further_channel(stem: str, stems: set[str]) -> bool:
+    """True when `stem` is ``<case>_000N`` with N >= 1 and ``<case>_0000`` is among `stems`."""
+    case, sep, channel = stem.rpartition("_")
+    return bool(sep) and len(channel) == 4 and channel.isdigit() and channel != "0000" and f"{case}{IMAGE_CHANNEL_SUFFIX}" in stems
 
 
 def strip_image_suffix(name: str) -> str:
@@ -115,7 +127,10 @@ def find_cases(input_dir: str | os.PathLike) -> list[CaseInput]:
 
     Every image file (``.nii.gz``, ``.nii``, ``.nrrd``, ``.mha``, ``.mhd``) is a case, and so is every
     sub-folder holding a DICOM series. A folder that is itself a DICOM series (and holds no image
-    file) is one case named after the folder. Other files are ignored.
+    file) is one case named after the folder. Other files are ignored, except two kinds that are
+    named in a warning rather than lost silently: a link named like an image whose target is missing
+    stays a case (it fails by name when read), and a further input channel of a case in nnU-Net naming
+    (``<case>_0001.nii.gz`` beside ``<case>_0000.nii.gz``) is skipped: flareseg reads one CT channel.
 
     Raises:
         InputError: the folder does not exist or holds no case.
@@ -126,8 +141,18 @@ def find_cases(input_dir: str | os.PathLike) -> list[CaseInput]:
     if is_single_series(input_dir):
         return [CaseInput(input_dir.name, input_dir)]
     files = image_files(input_dir)
+    dangling = sorted(p for p in input_dir.iterdir() if p.is_symlink() and not p.exists() and _has_image_suffix(p))
+    if dangling:
+        log.warning("%s: %d link(s) to missing files, each reported as a failed case: %s", input_dir, len(dangling), ", ".join(p.name for p in dangling[:5]))
+    stems = {strip_image_suffix(p.name) for p in files}
+    extra = [p for p in files if _further_channel(strip_image_suffix(p.name), stems)]
+    if extra:
+        log.warning(
+            "%s: skipped %d further input channel(s) in nnU-Net naming (flareseg reads one CT channel, <case>_0000): %s",
+            input_dir, len(extra), ", ".join(p.name for p in extra[:5]),
+        )
     folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
-    cases = [CaseInput(case_name(p), p) for p in files]
+    cases = [CaseInput(case_name(p), p) for p in files if p not in extra] + [CaseInput(case_name(p), p) for p in dangling]
     cases += [CaseInput(p.name, p) for p in folders if is_dicom_folder(p)]
     if not cases:
         raise InputError(f"{input_dir}: no image files ({', '.join(IMAGE_SUFFIXES)}) or DICOM series found")
