@@ -671,6 +671,27 @@ def test_missing_manifest_is_an_input_error(tmp_path):
         train(tmp_path, tmp_path / "out", task="organ", preset="tiny", progress=False)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda m: m.update(cases="x"),
+        lambda m: m.update(organ={"train": 5}),
+        lambda m: m["fingerprints"].update(organ={"percentile_00_5": 1}),
+        lambda m: m["cases"][0].pop("image"),
+    ],
+)
+def test_a_malformed_manifest_is_an_input_error_naming_it(prepared, tmp_path, damage):
+    from flareseg.training.data import load_training_data
+
+    copy = tmp_path / "prepared"
+    copy.mkdir()
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    damage(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match=r"prepared/manifest.json: (malformed manifest|case)"):
+        load_training_data(copy, "organ")
+
+
 # --------------------------------------------------------------------------- training writes what inference reads
 
 

@@ -253,8 +253,10 @@ def source_cases(entries: Sequence[dict], names: Sequence[str]) -> list[SourceCa
     out = []
     for name in names:
         entry = by_name.get(name)
-        if entry is None or not entry.get("image"):
+        if entry is None:
             raise InputError(f"case {name!r} is listed in a training split but not in the manifest's cases")
+        if not entry.get("image"):
+            raise InputError(f"case {name!r} has no image in the manifest's cases")
         label = entry.get("label")
         out.append(SourceCase(name, Path(entry["image"]), Path(label) if label else None))
     return out

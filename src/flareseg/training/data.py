@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from flareseg.config import Fingerprint, TrainConfig, from_dict, task_labels
 from flareseg.data.cache import CachedCase, CaseCache, SourceCase, source_cases
 from flareseg.data.cohort import MANIFEST_FILE
-from flareseg.errors import InputError
+from flareseg.errors import ConfigError, InputError
 from flareseg.io import read_json
 from flareseg.labels import LESION_HOST_IDS
 from flareseg.training.augment import BG_INDICES_KEY, FG_INDICES_KEY, IMAGE_KEY, LABEL_KEY, LABELLED_KEY, build_augmentation, build_patch_sampler, pad_widths
@@ -62,8 +62,9 @@ def load_training_data(prepared_dir: str | os.PathLike, task: str, selection: st
         selection: ``"paper"`` or ``"partial"`` (``TrainConfig.case_selection``).
 
     Raises:
-        InputError: no manifest, invalid JSON, no fingerprint for `task`, no split for `selection` (a manifest
-            from before partial-label training), or no training case for `task`.
+        InputError: no manifest, invalid JSON, a malformed manifest (a field missing or of the wrong type),
+            no fingerprint for `task`, no split for `selection` (a manifest from before partial-label
+            training), or no training case for `task`.
         ConfigError: an unknown task.
     """
     prepared_dir = Path(prepared_dir)
@@ -72,6 +73,18 @@ def load_training_data(prepared_dir: str | os.PathLike, task: str, selection: st
         raise InputError(f"{prepared_dir}: no {MANIFEST_FILE}; run `flareseg prepare` first")
     manifest = read_json(path)
     task_labels(task)
+    try:
+        return _training_data(prepared_dir, path, manifest, task, selection)
+    except InputError as exc:
+        if str(path) in str(exc):
+            raise
+        raise InputError(f"{path}: {exc}") from None
+    except (ConfigError, KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong type
+        detail = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise InputError(f"{path}: malformed manifest ({detail}); run `flareseg prepare` again") from None
+
+
+def _training_data(prepared_dir: Path, path: Path, manifest: dict, task: str, selection: str) -> TrainingData:
     if "fingerprints" not in manifest:
         raise InputError(f"{path}: no per-model intensity fingerprints (prepared by an older flareseg); run `flareseg prepare` again")
     if not manifest["fingerprints"].get(task):
