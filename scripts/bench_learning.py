@@ -110,13 +110,12 @@ RECIPES: dict[str, tuple[str, dict]] = {
     # the tumour model on the organ model's input: the whole body crop in one patch at 6 mm, so every step sees
     # every lesion of its case and every organ that looks like one (the gallbladder, the renal pelvis)
     "t6whole": ("cpu", {}),
-    "t6wholeds": ("cpu", {"network.deep_supervision": True}),
     # the same at 4.5 mm (80x64x64), lesions 1.8x as many voxels across
+    "t45whole": ("cpu", {"preprocess.target_spacing": [4.5, 4.5, 4.5], "train.patch_size": [80, 64, 64]}),
     # the cpu-lesion preset with nnU-Net's third of the patches holding a lesion (more lesion-free context), and
     # with half of the rest inside the lesion-host organs
     "t3pos33": ("cpu-lesion", {"train.pos_fraction": 0.33}),
     "t3pos33hn": ("cpu-lesion", {"train.pos_fraction": 0.33, "train.hard_negative_fraction": 0.5}),
-    "t45whole": ("cpu", {"preprocess.target_spacing": [4.5, 4.5, 4.5], "train.patch_size": [80, 64, 64]}),
 }
 """name -> (preset, overrides). Add candidates here; keep the one chosen as a preset in flareseg.config."""
 

@@ -140,18 +140,20 @@ def find_cases(input_dir: str | os.PathLike) -> list[CaseInput]:
         raise InputError(f"{input_dir}: input folder not found")
     if is_single_series(input_dir):
         return [CaseInput(input_dir.name, input_dir)]
-    files = image_files(input_dir)
-    dangling = sorted(p for p in input_dir.iterdir() if p.is_symlink() and not p.exists() and _has_image_suffix(p))
+    entries = sorted(p for p in input_dir.iterdir() if not p.name.startswith("."))
+    files = [p for p in entries if is_image_path(p)]
+    dangling = [p for p in entries if p.is_symlink() and not p.exists() and _has_image_suffix(p)]
     if dangling:
         log.warning("%s: %d link(s) to missing files, each reported as a failed case: %s", input_dir, len(dangling), ", ".join(p.name for p in dangling[:5]))
-    stems = {strip_image_suffix(p.name) for p in files}
-    extra = [p for p in files if _further_channel(strip_image_suffix(p.name), stems)]
+    stems = {p: strip_image_suffix(p.name) for p in files}
+    present = set(stems.values())
+    extra = [p for p in files if _further_channel(stems[p], present)]
     if extra:
         log.warning(
             "%s: skipped %d further input channel(s) in nnU-Net naming (flareseg reads one CT channel, <case>_0000): %s",
             input_dir, len(extra), ", ".join(p.name for p in extra[:5]),
         )
-    folders = sorted(p for p in input_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    folders = [p for p in entries if p.is_dir()]
     cases = [CaseInput(case_name(p), p) for p in files if p not in extra] + [CaseInput(case_name(p), p) for p in dangling]
     cases += [CaseInput(p.name, p) for p in folders if is_dicom_folder(p)]
     if not cases:

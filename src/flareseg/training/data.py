@@ -74,25 +74,24 @@ def load_training_data(prepared_dir: str | os.PathLike, task: str, selection: st
     manifest = read_json(path)
     task_labels(task)
     try:
-        return _training_data(prepared_dir, path, manifest, task, selection)
+        return _training_data(prepared_dir, manifest, task, selection)
     except InputError as exc:
-        if str(path) in str(exc):
-            raise
         raise InputError(f"{path}: {exc}") from None
     except (ConfigError, KeyError, TypeError, AttributeError) as exc:  # a field missing or of the wrong type
         detail = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
         raise InputError(f"{path}: malformed manifest ({detail}); run `flareseg prepare` again") from None
 
 
-def _training_data(prepared_dir: Path, path: Path, manifest: dict, task: str, selection: str) -> TrainingData:
+def _training_data(prepared_dir: Path, manifest: dict, task: str, selection: str) -> TrainingData:
+    """:func:`load_training_data` of a parsed manifest; its InputErrors leave the manifest's path to the caller."""
     if "fingerprints" not in manifest:
-        raise InputError(f"{path}: no per-model intensity fingerprints (prepared by an older flareseg); run `flareseg prepare` again")
+        raise InputError("no per-model intensity fingerprints (prepared by an older flareseg); run `flareseg prepare` again")
     if not manifest["fingerprints"].get(task):
-        raise InputError(f"{path}: no intensity fingerprint for the {task} model (no labelled training voxel of its classes)")
+        raise InputError(f"no intensity fingerprint for the {task} model (no labelled training voxel of its classes)")
     fingerprint = from_dict(Fingerprint, manifest["fingerprints"][task])
     key = split_key(task, selection)
     if key not in manifest:
-        raise InputError(f"{path}: no {key!r} split (case selection {selection!r}); run `flareseg prepare` again")
+        raise InputError(f"no {key!r} split (case selection {selection!r}); run `flareseg prepare` again")
     split = manifest.get(key) or {}
     train_names, val_names = list(split.get("train", [])), list(split.get("val", []))
     if not train_names:
@@ -100,12 +99,12 @@ def _training_data(prepared_dir: Path, path: Path, manifest: dict, task: str, se
             what = "all 13 organs labelled" if task == "organ" else "lesion labels"
         else:
             what = "an organ labelled" if task == "organ" else "lesion labels"
-        raise InputError(f"{path}: no training case for the {task} model (no case with {what})")
+        raise InputError(f"no training case for the {task} model (no case with {what})")
     entries = manifest.get("cases", [])
     train, val = source_cases(entries, train_names), source_cases(entries, val_names)
     for case in train + val:
         if case.label is None:
-            raise InputError(f"{path}: case {case.name} is in the {task} split but has no label file")
+            raise InputError(f"case {case.name} is in the {task} split but has no label file")
     labels = task_labels(task)
     by_name = {e.get("case"): e for e in entries}
     labelled = {}

@@ -8,6 +8,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -170,8 +171,6 @@ def case_rng(seed: int, index: int) -> np.random.Generator:
 
 def _check_free_space(out: Path, config: SynthConfig) -> None:
     """Refuse a cohort larger than the free space of the disk that would hold `out`."""
-    import shutil
-
     need = (config.cases + config.val_cases) * BYTES_PER_CASE[config.size]
     existing = next(p for p in (out, *out.parents) if p.exists())
     free = shutil.disk_usage(existing).free
