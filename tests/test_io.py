@@ -136,6 +136,16 @@ def test_a_header_spacing_that_spans_metres_is_refused_before_reading(tmp_path):
         read_image(bad)
 
 
+def test_a_sheared_affine_is_named_as_such(tmp_path):
+    import nibabel as nib
+
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    affine[0, 1] = 0.5  # the second voxel axis leans on the first
+    nib.save(nib.Nifti1Image(np.full((8, 8, 4), -1000, np.int16), affine), tmp_path / "sheared.nii.gz")
+    with pytest.raises(InputError, match="sheared.nii.gz: the header's voxel axes are not perpendicular"):
+        read_image(tmp_path / "sheared.nii.gz")
+
+
 def test_label_geometry_mismatch_names_both(tmp_path):
     image, label = phantom_ct()
     write_volume(image, tmp_path / "ct.nii.gz")

@@ -644,3 +644,14 @@ def test_a_silent_short_write_is_not_published(thresholds, tmp_path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         thresholds.predict(image, out)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_scan_of_a_few_slices_is_segmented_with_a_warning_and_a_whole_one_without(caplog):
+    image, _ = phantom_ct(shape=(40, 36, 30))  # 30 slices of 3 mm: 90 mm
+    thin = Volume(image.array[:, :, 14:16].copy(), image.spacing, image.origin, image.direction)  # 6 mm
+    predictor = TwoStepPredictor(organ_thresholds(), None, config=FAST)
+    result = predictor.segment(thin)
+    assert result.label.array.shape == thin.shape
+    assert any("covers only 6 mm along the axial axis (2 slice(s))" in note for note in result.report.notes)
+    assert "covers only 6 mm" in caplog.text
+    assert not any("covers only" in note for note in predictor.segment(image).report.notes)

@@ -2,12 +2,14 @@ import numpy as np
 import pytest
 
 from flareseg.config import Fingerprint, PreprocessConfig
-from flareseg.errors import GeometryError
+from flareseg.errors import ConfigError, GeometryError
 from flareseg.io import Volume, orientation_code, read_image, read_label
 from flareseg.transforms.preprocessing import (
     Grid,
     body_bounding_box,
+    body_crop,
     compute_fingerprint,
+    nonzero_bounding_box,
     normalize,
     preprocess_case,
     resample_label,
@@ -101,6 +103,32 @@ def test_body_crop_of_a_large_volume_is_found_on_a_strided_mask_and_still_holds_
     box = body_bounding_box(Volume(array, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0), np.eye(3)), margin_mm=0)
     for (a, b), (lo, hi) in zip(box, ((41, 200), (57, 181), (13, 120))):
         assert a <= lo and hi <= b and lo - a <= 1 and b - hi <= 1
+
+
+def test_nonzero_crop_is_nnunets_box_of_the_voxels_that_are_not_zero():
+    """nnU-Net crops to the non-zero voxels, air (-1000 HU) included: only an exact-zero border goes."""
+    array = np.full((12, 10, 8), -1000.0, np.float32)
+    array[:2] = 0.0  # a zero-padded border, as some scanners write outside the field of view
+    array[:, 9] = 0.0
+    array[5, 5, 5] = 0.0  # a zero inside keeps the box
+    image = Volume(array, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))
+    assert nonzero_bounding_box(image) == ((2, 12), (0, 9), (0, 8))
+    assert nonzero_bounding_box(Volume(np.zeros((3, 4, 5), np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), np.eye(3))) == ((0, 3), (0, 4), (0, 5))
+
+
+def test_the_crop_setting_picks_the_box_and_a_shared_crop_is_found_again_for_another_setting():
+    image, _ = phantom_ct(shape=(50, 50, 20))
+    body = body_crop(image, PreprocessConfig(body_margin_mm=0.0))
+    assert body.box == body_bounding_box(to_canonical(image), margin_mm=0.0)
+    assert body.box[0][1] - body.box[0][0] < 50
+    assert body.for_config(PreprocessConfig(body_margin_mm=0.0)) is body
+    nonzero = body.for_config(PreprocessConfig(crop="nonzero"))
+    assert nonzero.box == ((0, 50), (0, 50), (0, 20))  # the phantom's air is -1000 HU, not 0
+    assert nonzero.for_config(PreprocessConfig(crop="nonzero", body_margin_mm=50.0)) is nonzero  # body settings do not apply
+    case = preprocess_case(image, config=PreprocessConfig(target_spacing=(2.0, 2.0, 3.0), crop="nonzero"), fingerprint=None)
+    assert case.record.crop == ((0, 50), (0, 50), (0, 20)) and case.image.shape == (50, 50, 20)
+    with pytest.raises(ConfigError, match="preprocess.crop must be one of body, nonzero"):
+        PreprocessConfig(crop="bones")
 
 
 def test_body_crop_of_all_air_keeps_everything():

@@ -147,17 +147,26 @@ class NetworkConfig:
         return out
 
 
+CROPS: tuple[str, ...] = ("body", "nonzero")
+"""What a CT may be cropped to before resampling (:attr:`PreprocessConfig.crop`)."""
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How a CT is brought to the network's grid (DESIGN section 3).
 
     Attributes:
         target_spacing: voxel size in mm along the axes of the canonical LPS orientation.
+        crop: what the CT is cropped to before resampling: ``"body"``, the bounding box of the largest
+            connected region above `body_threshold_hu` plus `body_margin_mm` (flareseg's models);
+            ``"nonzero"``, the bounding box of the voxels that are not 0, as nnU-Net crops (for a CT
+            nearly always the whole volume; models imported from nnU-Net, which were trained so).
         body_threshold_hu: voxels above this HU count as body for the body crop.
         body_margin_mm: margin around the body bounding box.
     """
 
     target_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    crop: str = "body"
     body_threshold_hu: float = -500.0
     body_margin_mm: float = 5.0
 
@@ -166,6 +175,8 @@ class PreprocessConfig:
             raise ConfigError(f"preprocess.target_spacing must be 3 positive numbers, got {self.target_spacing}")
         for value in self.target_spacing:
             _check_real("preprocess.target_spacing", value, low=SPACING_RANGE_MM[0], high=SPACING_RANGE_MM[1])
+        if self.crop not in CROPS:
+            raise ConfigError(f"preprocess.crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         _check_real("preprocess.body_threshold_hu", self.body_threshold_hu)
         _check_real("preprocess.body_margin_mm", self.body_margin_mm, low=0)
 

@@ -231,6 +231,7 @@ class TwoStepPredictor:
             net = self._preprocess(volume)
         del volume  # the records hold the input's grid; its voxels live on only in net.tumor_source (reoriented), until the tumour stage
         report.network_shape = tuple(net.organ_image.shape)
+        _note_thin_scan(net.organ_record.canonical, report)
         organ_label = self._predict_organs(net, report, timer, progress)
         tumor_label = None
         if self.tumor is not None and self._tumor_model() is None:
@@ -432,6 +433,20 @@ class TwoStepPredictor:
 
 
 # --------------------------------------------------------------------------------------- functions
+
+
+MIN_AXIAL_EXTENT_MM = 50.0
+"""A scan shorter than this along the axial axis holds slivers of the organs (the abdomen spans ~300 mm)."""
+
+
+def _note_thin_scan(canonical: Grid, report: PredictionReport) -> None:
+    """Warn (and note in `report`) when the reoriented input covers less than MIN_AXIAL_EXTENT_MM axially."""
+    extent = canonical.shape[2] * canonical.spacing[2]
+    if extent < MIN_AXIAL_EXTENT_MM:
+        message = (f"the scan covers only {extent:.0f} mm along the axial axis ({canonical.shape[2]} slice(s)); "
+                   f"the models were trained on whole abdomens, so expect partial or missed organs")
+        report.notes.append(message)
+        log.warning("%s: %s", report.case, message)
 def predict_case(
     image: str | os.PathLike | Volume,
     output_path: str | os.PathLike,

@@ -78,6 +78,9 @@ def _read_nifti(path: Path) -> Volume:
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
+        if "orthonormal" in str(exc):
+            raise InputError(f"{path}: the header's voxel axes are not perpendicular (a sheared affine); flareseg needs an "
+                             "orthogonal voxel grid: resample the image onto one first") from None
         raise InputError(f"{path}: cannot read the NIfTI header (corrupt file?): {_first_line(exc)}") from None
     dim, size = reader.GetDimension(), reader.GetSize()
     spacing, direction, origin = reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin()

@@ -19,11 +19,14 @@ without importing nnunetv2:
   (the axes its trainer mirrored in augmentation), mapped from nnU-Net's axis order to the LPS grid's;
   a checkpoint without it is not mirrored, as nnU-Net's predictor does.
 
+- the CT is cropped as nnU-Net crops it, to its non-zero voxels (for a CT nearly always the whole
+  volume: ``preprocess.crop = "nonzero"``), not to the body as flareseg's own models are: the tiles
+  then start where nnU-Net's start and see the air its training patches saw.
+
 Differences from nnU-Net's own predictor, all on the preprocessing side: flareseg reorients every
 image to LPS (nnU-Net keeps the stored orientation, so images stored otherwise than LPS-identity
-are presented differently), crops to the body (nnU-Net crops to non-zero voxels, which for CT is
-everything), and resamples linearly (nnU-Net: third-order spline). Only one fold is used; the
-cascade configuration (which needs a low-resolution segmentation as input) is not supported.
+are presented differently) and resamples linearly (nnU-Net: third-order spline). Only one fold is
+used; the cascade configuration (which needs a low-resolution segmentation as input) is not supported.
 """
 
 from __future__ import annotations
@@ -366,7 +369,7 @@ def _load(root: Path, checkpoint_path: Path, device: str | torch.device) -> tupl
             strides=tuple(strides),
             res_block=class_name == "ResidualEncoderUNet",
         ),
-        preprocess=PreprocessConfig(target_spacing=to_flareseg_axes(config["spacing"], transpose)),
+        preprocess=PreprocessConfig(target_spacing=to_flareseg_axes(config["spacing"], transpose), crop="nonzero"),
         fingerprint=fingerprint,
         train=TrainConfig(patch_size=patch_size, batch_size=int(config.get("batch_size", 2))),
         channel_labels=channel_labels,

@@ -1,7 +1,8 @@
 """Preprocessing as in the paper (DESIGN section 3), each step invertible: no torch here.
 
 A CT goes through: reorientation to the canonical LPS orientation (a permutation and flips of the
-voxel axes, exact), a crop to the body's bounding box, resampling to the target spacing, and
+voxel axes, exact), a crop to the body's bounding box (or, for models trained by nnU-Net, to the
+non-zero voxels), resampling to the target spacing, and
 normalisation with the training set's foreground fingerprint. :class:`PreprocessRecord` keeps what is
 needed to bring a label map on the network grid back to the input's exact voxel grid
 (:func:`restore_label`).
@@ -98,37 +99,58 @@ def body_bounding_box(ct: Volume, *, threshold_hu: float = -500.0, margin_mm: fl
     return tuple(box)
 
 
+def nonzero_bounding_box(ct: Volume) -> tuple[tuple[int, int], ...]:
+    """Bounding box (start, stop) per axis of the voxels that are not 0, nnU-Net's crop (its
+    ``crop_to_nonzero``: filling the mask's holes there leaves its box as it is); an all-zero volume
+    gives the whole volume."""
+    nonzero = ct.array != 0
+    box = []
+    for axis in range(3):
+        idx = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append((int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, ct.shape[axis]))
+    return tuple(box)
+
+
+def crop_box(ct: Volume, config: PreprocessConfig) -> tuple[tuple[int, int], ...]:
+    """The (start, stop) voxel box per axis that `config` crops the canonical CT `ct` to (:attr:`PreprocessConfig.crop`)."""
+    if config.crop == "nonzero":
+        return nonzero_bounding_box(ct)
+    return body_bounding_box(ct, threshold_hu=config.body_threshold_hu, margin_mm=config.body_margin_mm)
+
+
+def _crop_settings(config: PreprocessConfig) -> tuple:
+    """The fields of `config` that decide its crop box."""
+    return (config.crop,) if config.crop == "nonzero" else (config.crop, config.body_threshold_hu, config.body_margin_mm)
+
+
 @dataclass(frozen=True)
 class BodyCrop:
-    """A CT reoriented to LPS and its body's bounding box: the first two preprocessing steps, which
-    every model's preprocessing of one input shares (:func:`body_crop`).
+    """A CT reoriented to LPS and its crop box (the body's, or the non-zero voxels'): the first two
+    preprocessing steps, which every model's preprocessing of one input shares (:func:`body_crop`).
 
     Attributes:
         original: the input's grid.
         canonical: the input reoriented to LPS.
-        box: (start, stop) voxel indices per axis of the body in `canonical`.
-        threshold_hu, margin_mm: the settings `box` was found with.
+        box: (start, stop) voxel indices per axis of the crop in `canonical`.
+        settings: the crop settings `box` was found with (:func:`_crop_settings`).
     """
 
     original: Grid
     canonical: Volume
     box: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
-    threshold_hu: float
-    margin_mm: float
+    settings: tuple
 
     def for_config(self, config: PreprocessConfig) -> "BodyCrop":
-        """This crop, or the same reoriented CT with the box found again when `config`'s body settings differ."""
-        if (config.body_threshold_hu, config.body_margin_mm) == (self.threshold_hu, self.margin_mm):
+        """This crop, or the same reoriented CT with the box found again when `config`'s crop settings differ."""
+        if _crop_settings(config) == self.settings:
             return self
-        box = body_bounding_box(self.canonical, threshold_hu=config.body_threshold_hu, margin_mm=config.body_margin_mm)
-        return BodyCrop(self.original, self.canonical, box, config.body_threshold_hu, config.body_margin_mm)  # type: ignore[arg-type]
+        return BodyCrop(self.original, self.canonical, crop_box(self.canonical, config), _crop_settings(config))  # type: ignore[arg-type]
 
 
 def body_crop(image: Volume, config: PreprocessConfig) -> BodyCrop:
-    """`image` reoriented to LPS and the bounding box of its body (`config`'s threshold and margin)."""
+    """`image` reoriented to LPS and the box `config` crops it to (:func:`crop_box`)."""
     canonical = to_canonical(image)
-    box = body_bounding_box(canonical, threshold_hu=config.body_threshold_hu, margin_mm=config.body_margin_mm)
-    return BodyCrop(image.grid, canonical, box, config.body_threshold_hu, config.body_margin_mm)  # type: ignore[arg-type]
+    return BodyCrop(image.grid, canonical, crop_box(canonical, config), _crop_settings(config))  # type: ignore[arg-type]
 
 
 def crop(volume: Volume, box: tuple[tuple[int, int], ...]) -> Volume:
@@ -332,12 +354,12 @@ def preprocess_case(
     fingerprint: Fingerprint | None,
     within: tuple[tuple[int, int], ...] | None = None,
 ) -> PreprocessedCase:
-    """Reorient, body-crop, resample and (with a fingerprint) normalise a CT and its optional label map.
+    """Reorient, crop (:func:`crop_box`), resample and (with a fingerprint) normalise a CT and its optional label map.
 
     Args:
         image: CT in HU on any grid, or its :func:`body_crop` (computed once for several models).
         label: label map on the image's grid, or None.
-        config: target spacing and body-crop settings.
+        config: target spacing and crop settings.
         fingerprint: normalisation statistics; None leaves the image in HU.
         within: ((i0, i1), (j0, j1), (k0, k1)) voxel box of the reoriented (LPS) image, a region of
             interest: the network grid is then the part of the whole-body grid that covers it (the
