@@ -213,8 +213,20 @@ def read_weights(folder: str | os.PathLike, *, weights: str = WEIGHTS_FILE) -> d
     try:
         tensors = load_file(str(path))
     except (OSError, SafetensorError) as exc:
-        raise ModelFolderError(f"{path}: weights do not fit the network in config.json: {str(exc).splitlines()[0]}") from None
+        raise ModelFolderError(f"{path}: weights do not fit the network in config.json: {load_error_summary(exc)}") from None
     return check_finite(tensors, path)
+
+
+def load_error_summary(exc: BaseException) -> str:
+    """The first problem in a weights-loading error, in one line: torch's ``load_state_dict`` error
+    opens with a bare header ("Error(s) in loading state_dict for DynUNet:") that names none; the
+    first mismatch is on the next line."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Error(s) in loading state_dict") and len(lines) > 1:
+        return lines[1]
+    return lines[0]
 
 
 def check_finite(tensors: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -237,7 +249,7 @@ def load_network(folder: str | os.PathLike, cfg: ModelConfig, device: str | torc
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ModelFolderError(f"{Path(folder) / weights}: weights do not fit the network in config.json: {str(exc).splitlines()[0]}") from None
+        raise ModelFolderError(f"{Path(folder) / weights}: weights do not fit the network in config.json: {load_error_summary(exc)}") from None
     return network.to(device).eval()
 
 

@@ -43,7 +43,7 @@ from flareseg.config import MAX_FEATURES, Fingerprint, InferenceDefaults, Networ
 from flareseg.errors import ModelFolderError
 from flareseg.io import read_json
 from flareseg.labels import TASK_TABLE
-from flareseg.model.folder import ModelConfig, check_finite
+from flareseg.model.folder import ModelConfig, check_finite, load_error_summary
 from flareseg.transforms.preprocessing import pad_value_of
 
 PLANS_FILE = "plans.json"
@@ -356,7 +356,7 @@ def _load(root: Path, checkpoint_path: Path, device: str | torch.device) -> tupl
         network = network_class(class_name, root / PLANS_FILE)(input_channels=1, num_classes=len(channel_labels), deep_supervision=False, **kwargs)
         network.load_state_dict(checkpoint["network_weights"], strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise ModelFolderError(f"{checkpoint_path}: weights do not fit the network in the plans: {str(exc).splitlines()[0]}") from None
+        raise ModelFolderError(f"{checkpoint_path}: weights do not fit the network in the plans: {load_error_summary(exc)}") from None
 
     strides = [max(s) if isinstance(s, (list, tuple)) else int(s) for s in kwargs["strides"]]
     patch_size = tuple(int(p) for p in to_flareseg_axes(config["patch_size"], transpose))

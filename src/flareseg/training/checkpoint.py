@@ -21,7 +21,7 @@ from safetensors.torch import load_file
 
 from flareseg.errors import ConfigError
 from flareseg.io import atomic_write_bytes
-from flareseg.model.folder import WEIGHTS_FILE, save_tensors
+from flareseg.model.folder import WEIGHTS_FILE, load_error_summary, save_tensors
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def load_checkpoint(path: Path, network: torch.nn.Module, optimizer: torch.optim
     try:
         unwrap(network).load_state_dict(model_state, strict=True)
     except RuntimeError as exc:
-        raise ConfigError(f"{path}: the checkpoint does not fit the network in config.json: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{path}: the checkpoint does not fit the network in config.json: {load_error_summary(exc)}") from None
     states: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optim."):

@@ -54,7 +54,7 @@ from flareseg.errors import ConfigError, ModelFolderError, TrainingError
 from flareseg.io import remove_stale_temporaries
 from flareseg.io.output import check_output_folder
 from flareseg.labels import name_of
-from flareseg.model.folder import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, write_model_config
+from flareseg.model.folder import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, load_error_summary, write_model_config
 from flareseg.model.network import build_network
 from flareseg.training.augment import IMAGE_KEY, LABEL_KEY, LABELLED_KEY
 from flareseg.training.checkpoint import (
@@ -174,7 +174,7 @@ def initial_network(network_cfg: NetworkConfig, init_from: str | os.PathLike | N
         try:
             network.load_state_dict(load_file(str(path)), strict=True)
         except (RuntimeError, OSError, SafetensorError) as exc:
-            raise ModelFolderError(f"{path}: weights do not fit the network: {str(exc).splitlines()[0]}") from None
+            raise ModelFolderError(f"{path}: weights do not fit the network: {load_error_summary(exc)}") from None
     return network
 
 
