@@ -161,8 +161,25 @@ def test_config_json_has_the_inference_section_training_derived(tmp_path):
     cfg = _model_config()
     write_model_config(tmp_path, cfg)
     section = json.loads((tmp_path / CONFIG_FILE).read_text())["inference"]
-    # Patch of the training protocol, the paper's x and y flips, air = (-100 - 80) / 60 normalised.
-    assert section == {"patch_size": [32, 32, 32], "mirror_axes": [0, 1], "pad_value": -3.0}
+    # Patch of the training protocol, the paper's x and y flips, air = (-100 - 80) / 60 normalised, flareseg's tile step.
+    assert section == {"patch_size": [32, 32, 32], "mirror_axes": [0, 1], "pad_value": -3.0, "step": 0.8}
+
+
+def test_a_folder_without_the_step_runs_at_flaresegs_and_a_bad_step_is_named(tmp_path):
+    cfg = _model_config()
+    save_tensors(build_network(cfg.network).state_dict(), tmp_path / WEIGHTS_FILE)
+    write_model_config(tmp_path, cfg)
+    data = json.loads((tmp_path / CONFIG_FILE).read_text())
+    del data["inference"]["step"]  # written before the field existed
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
+    predictor = ModelPredictor.from_folder(tmp_path)
+    assert predictor.tile_step == 0.8 and predictor.resolve_step(None) == 0.8 and predictor.resolve_step(0.5) == 0.5
+    assert predictor.count_tiles((64, 32, 32), None) == 3 and predictor.count_tiles((64, 32, 32), 0.5) == 3 and predictor.count_tiles((96, 32, 32), None) == 4
+    for bad in (0.0, 1.5, "0.5"):  # (NaN is refused earlier, as invalid JSON)
+        data["inference"]["step"] = bad
+        (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
+        with pytest.raises(ModelFolderError, match="config.json.*inference.step"):
+            ModelPredictor.from_folder(tmp_path)
 
 
 @pytest.mark.parametrize(("flips", "axes"), [((0.2, 0.2), (0, 1)), ((0.0, 0.2), (1,)), ((0.2, 0.0), (0,)), ((0.0, 0.0), ())])

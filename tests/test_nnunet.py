@@ -139,6 +139,7 @@ def test_organ_model_maps_plans_onto_flareseg(organ_folder):
     assert predictor.spacing == (1.5, 2.0, 3.0)
     assert predictor.patch_size == (24, 32, 16)
     assert predictor.preprocess_config.crop == "nonzero"  # nnU-Net crops to the non-zero voxels, not to the body
+    assert predictor.tile_step == 0.5  # nnU-Net's tile_step_size: fast mode runs it so
     fp = cfg.fingerprint
     assert (fp.percentile_00_5, fp.percentile_99_5, fp.mean, fp.std) == (-960.0, 310.0, 90.0, 140.0)
     assert cfg.data["nnunet"]["epoch"] == 1000 and cfg.data["nnunet"]["trainer"] == "nnUNetTrainer"

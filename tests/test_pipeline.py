@@ -17,7 +17,7 @@ import SimpleITK as sitk
 import torch
 
 import flareseg.io.write as fio
-from flareseg.config import Fingerprint, get_preset
+from flareseg.config import Fingerprint, InferenceDefaults, get_preset
 from flareseg.errors import ConfigError, GeometryError, InputError
 from flareseg.io import Volume, read_image, read_label, write_volume
 from flareseg.labels import LESION, LIVER, RIGHT_KIDNEY
@@ -77,10 +77,11 @@ class ThresholdNet(torch.nn.Module):
         return out
 
 
-def threshold_predictor(task: str, thresholds: dict[int, float], spacing=(4.0, 4.0, 4.0)) -> ModelPredictor:
+def threshold_predictor(task: str, thresholds: dict[int, float], spacing=(4.0, 4.0, 4.0), inference: InferenceDefaults | None = None) -> ModelPredictor:
     p = get_preset("tiny", task)
     cfg = ModelConfig(
-        task, "tiny", p.network, dataclasses.replace(p.preprocess, target_spacing=spacing), IDENTITY_FP, p.train, channel_labels_for(task)
+        task, "tiny", p.network, dataclasses.replace(p.preprocess, target_spacing=spacing), IDENTITY_FP, p.train, channel_labels_for(task),
+        inference=inference,
     )
     return ModelPredictor(cfg, ThresholdNet(p.network.out_channels, thresholds), "cpu")
 
@@ -253,7 +254,7 @@ def test_unreadable_input_names_the_file(thresholds, tmp_path):
 def test_mode_presets():
     fast, accurate, paper = (InferenceConfig.for_mode(m) for m in MODES)
     assert InferenceConfig() == fast
-    assert fast.roi and fast.mirror == () and 0.8 <= fast.step <= 1.0 and fast.paper_slices is None
+    assert fast.roi and fast.mirror == () and fast.step is None and fast.paper_slices is None  # None: each model's own step
     assert not accurate.roi and accurate.step == 0.5 and accurate.mirror is None and accurate.paper_slices is None  # None: each model's trained axes
     assert paper.paper_slices == 50 and not paper.roi and paper.postprocess == OFF
     assert InferenceConfig.for_mode("fast", step=1.0, postprocess={"fill_holes": True}).postprocess.fill_holes
@@ -261,9 +262,22 @@ def test_mode_presets():
     assert InferenceConfig.for_mode("accurate", mirror=[0, 1]).to_dict()["mirror"] == [0, 1]
 
 
+def test_fast_mode_tiles_each_model_at_its_own_step_and_an_explicit_step_overrides_both():
+    image, _ = phantom_ct(shape=(60, 56, 40))  # 30 x 28 x 30 voxels at 4 mm
+    organ = threshold_predictor("organ", {LIVER: 90.0, RIGHT_KIDNEY: 160.0}, inference=InferenceDefaults(patch_size=(8, 8, 8), step=0.5))
+    tumor = threshold_predictor("tumor", {1: 130.0}, inference=InferenceDefaults(patch_size=(8, 8, 8), step=0.8))
+    own = TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", roi=False)).segment(image)
+    shape = own.report.network_shape
+    assert own.report.tiles["organ"] == organ.count_tiles(shape, 0.5) > organ.count_tiles(shape, 0.8)
+    assert own.report.tiles["tumor"] == tumor.count_tiles(shape, 0.8) < tumor.count_tiles(shape, 0.5)
+    forced = TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", roi=False, step=1.0)).segment(image).report
+    assert forced.tiles["organ"] == forced.tiles["tumor"] == organ.count_tiles(shape, 1.0)
+    np.testing.assert_array_equal(own.label.array, TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", roi=False, step=1.0)).segment(image).label.array)  # exact blending: the step changes no label
+
+
 @pytest.mark.parametrize(
     "overrides,field",
-    [({"step": 0}, "step"), ({"step": 1.2}, "step"), ({"mirror": (0, 3)}, "mirror"), ({"precision": "fp8"}, "precision"),
+    [({"step": 0}, "step"), ({"step": "0.5"}, "step"), ({"step": 1.2}, "step"), ({"mirror": (0, 3)}, "mirror"), ({"precision": "fp8"}, "precision"),
      ({"paper_slices": 0}, "paper_slices"), ({"roi_downsample": 0.5}, "roi_downsample"), ({"bogus": 1}, "bogus")],
 )
 def test_invalid_inference_settings(overrides, field):

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from flareseg import __version__
-from flareseg.config import ENGINES, OPTIMIZERS
+from flareseg.config import ENGINES, MIN_STEP, OPTIMIZERS
 from flareseg.errors import FlaresegError, os_error_message
 
 log = logging.getLogger("flareseg")
@@ -220,8 +220,8 @@ SEED = _number(int, low=0, high=2**31 - 1)
 WARMUP_STEPS = _number(int, low=0, high=10**7)
 MINUTES = _number(float, low=0, low_open=True, high=60 * 24 * 30)
 LEARNING_RATE = _number(float, low=0, low_open=True, high=10)
-STEP = _number(float, low=0.1, high=1)
-"""Sliding-window step, a fraction of the patch (inference.config.MIN_STEP to 1)."""
+STEP = _number(float, low=MIN_STEP, high=1)
+"""Sliding-window step, a fraction of the patch (config.MIN_STEP to 1)."""
 
 EXAMPLES = {
     "synth": "flareseg synth --out cohort --cases 20 --val-cases 4 --size small",
@@ -318,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-confidence", type=_number(float, low=0, high=1), default=0.5, help="reject cases below this confidence (default 0.5)")
     p.add_argument("--min-lesion-confidence", type=_number(float, low=0, high=1), default=0.9, help="keep teacher lesions only at or above this (default 0.9)")
     p.add_argument("--mode", choices=("fast", "accurate", "paper"), default="fast", help="the teacher's inference mode (default fast)")
-    p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's)")
+    p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's; fast: each model's own, 0.8 for flareseg's, 0.5 for nnU-Net's)")
     p.add_argument("--engine", choices=ENGINES, help="what runs the teacher's networks: auto (default: openvino on the CPU where installed, else torch), torch, onnxruntime or openvino (CPU, fp32)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")
     p.set_defaults(organs=None, no_postprocess=False)  # the teacher labels every class, post-processed
@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--organ-model", required=True, type=Path, help="organ model folder (flareseg, or an nnU-Net v2 trained model or fold folder)")
         p.add_argument("--tumor-model", type=Path, help="tumour model folder, flareseg or nnU-Net v2 (omit: organs only)")
         p.add_argument("--mode", choices=("fast", "accurate", "paper"), default="fast", help="fast (default), accurate, or the paper's procedure")
-        p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's)")
+        p.add_argument("--step", type=STEP, help="sliding-window step as a fraction of the patch, 0.1-1 (default: the mode's; fast: each model's own, 0.8 for flareseg's, 0.5 for nnU-Net's)")
         p.add_argument("--organs", metavar="LIST", help="write only these labels, names or ids: liver,spleen,... (lesion: the lesions); "
                        "fast mode then runs the fine organ pass around them only, and the tumour model only for lesion")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto")

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from flareseg.config import apply_overrides, to_dict
+from flareseg.config import MIN_STEP, apply_overrides, to_dict
 from flareseg.errors import ConfigError
 from flareseg.labels import ALL_FOREGROUND_IDS, find_label, key_of
 from flareseg.model.engine import check_engine
@@ -17,8 +17,6 @@ from flareseg.transforms.postprocess import PostprocessConfig
 
 MODES: tuple[str, ...] = ("fast", "accurate", "paper")
 """The inference presets (:meth:`InferenceConfig.for_mode`)."""
-MIN_STEP = 0.1
-"""The smallest sliding-window step: the tile count grows as 1/step^3 (0.1: 1,000x the tiles of step 1)."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +25,9 @@ class InferenceConfig:
 
     Attributes:
         mode: name of the preset this came from (for reports; behaviour follows the fields).
-        step: sliding-window step as a fraction of the patch, in (0, 1]; overlap = 1 - step.
+        step: sliding-window step as a fraction of the patch, in [MIN_STEP, 1]; overlap = 1 - step.
+            None: each model's own step (the ``inference.step`` of its folder: 0.8 for flareseg's
+            models, 0.5 for nnU-Net's, whose predictions change at a sparser tiling).
         mirror: spatial axes (0, 1, 2 of the canonical LPS network grid) for test-time mirroring; the
             logits are averaged over every subset of flips (``(0, 1, 2)``: 8 passes, as nnU-Net).
             None: each model's own trained axes (the ``inference.mirror_axes`` its training wrote:
@@ -58,7 +58,7 @@ class InferenceConfig:
     """
 
     mode: str = "fast"
-    step: float = 0.8
+    step: float | None = None
     mirror: tuple[int, ...] | None = ()
     roi: bool = True
     roi_downsample: float = 2.0
@@ -79,7 +79,9 @@ class InferenceConfig:
             object.__setattr__(self, "organs", parse_label_selection(self.organs))
         for name in ("step", "roi_step"):
             value = getattr(self, name)
-            if not MIN_STEP <= value <= 1:  # NaN fails too
+            if value is None and name == "step":
+                continue
+            if not isinstance(value, (int, float)) or not MIN_STEP <= value <= 1:  # NaN fails too
                 raise ConfigError(f"inference.{name} must lie in [{MIN_STEP}, 1], got {value}")
         try:
             if self.mirror is not None:
@@ -105,8 +107,8 @@ class InferenceConfig:
     def for_mode(cls, mode: str = "fast", **overrides: Any) -> "InferenceConfig":
         """The preset of `mode` with `overrides` applied to its fields.
 
-        - ``fast``: coarse organ pass on a 2x pooled grid, fine models in the ROI, step 0.8, no mirroring,
-          post-processing on.
+        - ``fast``: coarse organ pass on a 2x pooled grid, fine models in the ROI, each model's own step
+          (0.8 for flareseg's, 0.5 for nnU-Net's), no mirroring, post-processing on.
         - ``accurate``: whole volume, step 0.5, mirroring along each model's trained axes, post-processing on.
         - ``paper``: the paper's procedure: whole network grid but only its middle 50 mm along K,
           step 0.5, mirroring along each model's trained axes, no post-processing.

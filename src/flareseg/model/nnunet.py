@@ -19,6 +19,8 @@ without importing nnunetv2:
   (the axes its trainer mirrored in augmentation), mapped from nnU-Net's axis order to the LPS grid's;
   a checkpoint without it is not mirrored, as nnU-Net's predictor does.
 
+- ``fast`` mode tiles at nnU-Net's step, 0.5 (``inference.step``), not at flareseg's 0.8: a model
+  trained by nnU-Net changes its predictions at the sparser tiling;
 - the CT is cropped as nnU-Net crops it, to its non-zero voxels (for a CT nearly always the whole
   volume: ``preprocess.crop = "nonzero"``), not to the body as flareseg's own models are: the tiles
   then start where nnU-Net's start and see the air its training patches saw.
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flareseg.config import MAX_FEATURES, Fingerprint, InferenceDefaults, NetworkConfig, PreprocessConfig, TrainConfig
+from flareseg.config import MAX_FEATURES, NNUNET_TILE_STEP, Fingerprint, InferenceDefaults, NetworkConfig, PreprocessConfig, TrainConfig
 from flareseg.errors import ModelFolderError
 from flareseg.io import read_json
 from flareseg.labels import TASK_TABLE
@@ -377,6 +379,7 @@ def _load(root: Path, checkpoint_path: Path, device: str | torch.device) -> tupl
             patch_size=patch_size,  # type: ignore[arg-type]
             mirror_axes=mirror_axes_from(checkpoint, transpose, source=checkpoint_path),
             pad_value=float(pad_value_of(fingerprint)),
+            step=NNUNET_TILE_STEP,
         ),
         data={
             "nnunet": {

@@ -8,8 +8,9 @@ whole network grid or a box of it, and returns labels (the arg-max mapped throug
 ``channel_labels``), never full-resolution probabilities.
 
 How the model is run comes from the folder's ``inference`` section, which training wrote
-(:class:`~flareseg.config.InferenceDefaults`): the tile size, the value tiles are padded with, and the
-axes it may be mirrored along at test time (``mirror=None`` asks for exactly those). What runs the
+(:class:`~flareseg.config.InferenceDefaults`): the tile size, the value tiles are padded with, the
+axes it may be mirrored along at test time (``mirror=None`` asks for exactly those) and the tile step
+it runs at where the mode leaves the step to it (``step=None``). What runs the
 network on each tile is the `engine` (:mod:`flareseg.model.engine`): torch itself, or its ONNX
 export on ONNX Runtime or OpenVINO; tiling, mirroring and blending are the same for all.
 """
@@ -133,6 +134,15 @@ class ModelPredictor:
         """What tiles reaching past the image are padded with: the normalised intensity of air, as in training."""
         return self.config.inference.pad_value  # type: ignore[union-attr]
 
+    @property
+    def tile_step(self) -> float:
+        """The sliding-window step this model runs at where the mode leaves it to the model (``step=None``)."""
+        return self.config.inference.step  # type: ignore[union-attr]
+
+    def resolve_step(self, step: float | None) -> float:
+        """`step`, or this model's own :attr:`tile_step` for None."""
+        return self.tile_step if step is None else float(step)
+
     def resolve_mirror(self, mirror: Sequence[int] | None) -> tuple[int, ...]:
         """`mirror` as a tuple of axes; None means this model's own :attr:`mirror_axes`."""
         return self.mirror_axes if mirror is None else tuple(int(a) for a in mirror)
@@ -172,16 +182,16 @@ class ModelPredictor:
             return network_predictor(self.network, mirror_axes=axes, precision=precision, device=self.device)
         return mirrored(self.engine_runner(engine), axes)
 
-    def count_tiles(self, shape: Sequence[int], step: float, mirror: Sequence[int] | None = ()) -> int:
-        """Network evaluations needed for a region of `shape` (mirroring included; None: :attr:`mirror_axes`)."""
-        return count_tiles(shape, self.patch_size, step) * 2 ** len(self.resolve_mirror(mirror))
+    def count_tiles(self, shape: Sequence[int], step: float | None, mirror: Sequence[int] | None = ()) -> int:
+        """Network evaluations needed for a region of `shape` (mirroring included; None: :attr:`tile_step`, :attr:`mirror_axes`)."""
+        return count_tiles(shape, self.patch_size, self.resolve_step(step)) * 2 ** len(self.resolve_mirror(mirror))
 
     def predict_labels(
         self,
         image: np.ndarray,
         *,
         box: Box | None = None,
-        step: float = 0.5,
+        step: float | None = 0.5,
         mirror: Sequence[int] | None = (),
         precision: str = "auto",
         engine: str = "torch",
@@ -197,7 +207,8 @@ class ModelPredictor:
                 None is the whole grid.
             mirror: network-grid axes to average test-time flips over; () none, None the model's own
                 :attr:`mirror_axes` (the axes it was trained flipped along).
-            step, precision, tile_batch_size: see :func:`flareseg.model.sliding_window.iter_blended_slabs`.
+            step: distance between tile starts as a fraction of the patch; None this model's own :attr:`tile_step`.
+            precision, tile_batch_size: see :func:`flareseg.model.sliding_window.iter_blended_slabs`.
             engine: what runs the network on each tile: 'torch', 'onnxruntime' or 'openvino' (:meth:`tile_predictor`).
 
         Returns:
@@ -212,7 +223,7 @@ class ModelPredictor:
             region,
             self.tile_predictor(mirror=mirror, precision=precision, engine=engine),
             patch_size=self.patch_size,
-            step=step,
+            step=self.resolve_step(step),
             tile_batch_size=tile_batch_size,
             device=self.device,
             pad_value=self.pad_value,
