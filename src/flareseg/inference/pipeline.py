@@ -295,7 +295,7 @@ class TwoStepPredictor:
             with timer.stage("roi"):
                 organ_box = self._locate_organs(net.organ_image, slab, report, progress)
         with timer.stage("organ"):
-            report.tiles["organ"] = 0
+            report.tiles["organ"], report.steps["organ"] = 0, organ.resolve_step(cfg.step)
             margin = margin_voxels(cfg.roi_margin_mm, organ.spacing)
             for attempt in range(MAX_ROI_GROWTHS + 1):
                 report.tiles["organ"] += organ.count_tiles(box_shape(organ_box), cfg.step, cfg.mirror)
@@ -333,7 +333,7 @@ class TwoStepPredictor:
         report.tumor_box = box
         if box is None:
             return np.zeros(image.shape, dtype=np.uint8)
-        report.tiles["tumor"] = tumor.count_tiles(box_shape(box), cfg.step, cfg.mirror)
+        report.tiles["tumor"], report.steps["tumor"] = tumor.count_tiles(box_shape(box), cfg.step, cfg.mirror), tumor.resolve_step(cfg.step)
         return tumor.predict_labels(
             image, box=box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision, engine=self.engine,
             tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: tumor",

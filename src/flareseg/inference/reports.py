@@ -26,6 +26,7 @@ class PredictionReport:
         network_shape: the organ model's network grid (after body crop and resampling).
         organ_box, tumor_box: the boxes of the network grids the models saw (None: not run).
         tiles: network evaluations per stage (mirroring included).
+        steps: the sliding-window step each model ran at ('organ', 'tumor'): the mode's, or the model's own.
         timings: seconds per stage (see the module docstring), plus 'load' when models were loaded
             for this case and 'total'.
         voxel_counts: voxels per label id in the written map.
@@ -44,6 +45,7 @@ class PredictionReport:
     organ_box: Box | None = None
     tumor_box: Box | None = None
     tiles: dict[str, int] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     voxel_counts: dict[int, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
