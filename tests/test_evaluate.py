@@ -145,6 +145,25 @@ def test_large_ids_wrap_like_the_official_int8_cast(tmp_path):
     assert scores[LESION] == (1.0, 1.0)
 
 
+def test_values_that_are_not_label_ids_are_scored_officially_and_named(tmp_path, caplog):
+    gt = np.zeros((8, 8, 8), np.int16)
+    gt[2:5, 2:5, 2:5] = LIVER
+    _save(tmp_path / "ref" / "a.nii.gz", gt, dtype=np.int16)
+    fractional = np.where(gt == LIVER, 1.4, 0.0)  # a probability-like map: truncated to 1, as the scorer does
+    _save(tmp_path / "pred" / "a.nii.gz", fractional, dtype=np.float32)
+    assert evaluate.score_case_files(tmp_path / "pred" / "a.nii.gz", tmp_path / "ref" / "a.nii.gz")[LIVER][0] == 1.0
+    assert "pred/a.nii.gz: holds non-integer values" in caplog.text
+    caplog.clear()
+    foreign = gt.copy()
+    foreign[0, 0, :3] = 99
+    _save(tmp_path / "pred" / "a.nii.gz", foreign, dtype=np.int16)
+    evaluate.score_case_files(tmp_path / "pred" / "a.nii.gz", tmp_path / "ref" / "a.nii.gz")
+    assert "holds 3 voxel(s) of values outside the ids 0-14 (99)" in caplog.text
+    caplog.clear()
+    evaluate.score_case_files(tmp_path / "ref" / "a.nii.gz", tmp_path / "ref" / "a.nii.gz")
+    assert caplog.text == ""
+
+
 def test_unreadable_and_missing_inputs(tmp_path):
     (tmp_path / "ref").mkdir()
     (tmp_path / "pred").mkdir()

@@ -33,7 +33,7 @@ from flareseg.errors import ConfigError, GeometryError, InputError
 from flareseg.io import atomic_write_text
 from flareseg.io.read import check_declared_size
 from flareseg.io.output import check_output_folder
-from flareseg.labels import ALL_FOREGROUND_IDS, BY_ID
+from flareseg.labels import ALL_FOREGROUND_IDS, BY_ID, LESION
 from flareseg.evaluation.metrics import DEFAULT_NSD_GATE, CaseScores, as_official_labels, score_case
 from flareseg.evaluation.summary import CaseScore, case_facts, summarize
 from flareseg.evaluation.tables import cases_csv_text, per_case_csv_text, summary_markdown
@@ -140,7 +140,9 @@ def read_label_array(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, 
             array = np.asanyarray(proxy)
         else:
             array = image.get_fdata()
-        array = as_official_labels(np.asarray(array).reshape(shape))
+        array = np.asarray(array).reshape(shape)
+        _warn_unscored_values(path, array)
+        array = as_official_labels(array)
         spacing = tuple(float(z) for z in image.header.get_zooms()[:3])
         affine = np.asarray(image.affine, dtype=np.float64)
     except InputError:
@@ -148,6 +150,20 @@ def read_label_array(path: str | os.PathLike) -> tuple[np.ndarray, tuple[float, 
     except Exception as exc:  # nibabel raises many types for truncated or corrupt files
         raise InputError(f"{path}: cannot read the label map ({type(exc).__name__}: {exc})") from None
     return array, spacing, affine  # type: ignore[return-value]
+
+
+def _warn_unscored_values(path: Path, array: np.ndarray) -> None:
+    """Warn when label map `array` (of `path`) holds values that are not the ids 0-14: the official scorer
+    casts them to int8 (fractions truncated, ids wrapped modulo 256) and scores only 1-14, so such a file is
+    most likely not a label map (probabilities, another label table)."""
+    if np.issubdtype(array.dtype, np.floating) and bool(np.any(array != np.trunc(array))):
+        log.warning("%s: holds non-integer values (a probability map?); scored as the official scorer does, truncated to integers", path)
+    outside = (array < 0) | (array > LESION)
+    if bool(outside.any()):
+        values = np.unique(array[outside])
+        shown = ", ".join(f"{v:g}" for v in values[:5]) + (", ..." if values.size > 5 else "")
+        log.warning("%s: holds %d voxel(s) of values outside the ids 0-14 (%s); the official scorer ignores them unless the int8 cast wraps them into 1-14",
+                    path, int(outside.sum()), shown)
 
 
 def find_cases(pred_dir: str | os.PathLike, ref_dir: str | os.PathLike, *, missing: str = "error") -> list[tuple[str, Path, Path | None]]:
