@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -81,8 +82,8 @@ class InferenceConfig:
             value = getattr(self, name)
             if value is None and name == "step":
                 continue
-            if not isinstance(value, (int, float)) or not MIN_STEP <= value <= 1:  # NaN fails too
-                raise ConfigError(f"inference.{name} must lie in [{MIN_STEP}, 1], got {value}")
+            if not isinstance(value, numbers.Real) or not MIN_STEP <= value <= 1:  # NaN fails too
+                raise ConfigError(f"inference.{name} must be a number in [{MIN_STEP}, 1], got {value!r}")
         try:
             if self.mirror is not None:
                 mirror_combinations(self.mirror)
