@@ -627,6 +627,21 @@ def test_fast_mode_widens_a_region_of_interest_that_cuts_an_organ(monkeypatch):
     assert (label == LIVER).sum() == (reference == LIVER).sum() > 0
 
 
+def test_a_region_of_interest_that_costs_the_whole_grids_tiles_is_the_whole_grid(monkeypatch):
+    """A box one voxel short of the grid needs as many tiles as the grid itself: the fine pass then runs
+    the whole grid (tiled as `accurate` tiles it, the same labels) instead of a shifted tiling of the box."""
+    image, _ = phantom_ct(shape=(80, 72, 60), spacing=(2.0, 2.0, 2.0))
+    fast = TwoStepPredictor(organ_thresholds(), None, config=InferenceConfig.for_mode("fast"))
+    shape = fast._preprocess(image).organ_image.shape
+    monkeypatch.setattr(TwoStepPredictor, "_locate_organs", lambda self, image, slab, report, progress: ((1, shape[0]), (0, shape[1]), (0, shape[2])))
+    assert fast.organ.count_tiles((shape[0] - 1, shape[1], shape[2]), None) == fast.organ.count_tiles(shape, None) > 1
+    label, report = _arrays(fast.segment(image))
+    assert report.organ_box == ((0, shape[0]), (0, shape[1]), (0, shape[2]))
+    assert report.tiles["organ"] == fast.organ.count_tiles(shape, None) and not any("widened" in note for note in report.notes)
+    whole, _ = _arrays(TwoStepPredictor(organ_thresholds(), None, config=InferenceConfig.for_mode("fast", roi=False)).segment(image))
+    np.testing.assert_array_equal(label, whole)
+
+
 def test_grow_where_touching_moves_only_the_touched_faces_inside_the_limit():
     from flareseg.transforms.roi import grow_where_touching
 

@@ -80,6 +80,10 @@ log = logging.getLogger(__name__)
 
 MAX_ROI_GROWTHS = 3
 """How often the organ region of interest may widen where organs touch its faces (fast mode)."""
+ROI_MIN_SAVING = 0.25
+"""The fine organ pass runs in the region of interest only where that saves more than this fraction of
+the whole grid's tiles; otherwise on the whole grid: a region that saves little costs more when a
+widening reruns the pass (the real CT with nnU-Net's weights: 18 of 24 tiles, widened, 42 in all)."""
 
 
 def _as_predictor(model: str | os.PathLike | ModelPredictor, device: torch.device, task: str) -> ModelPredictor:
@@ -298,6 +302,8 @@ class TwoStepPredictor:
             report.tiles["organ"], report.steps["organ"] = 0, organ.resolve_step(cfg.step)
             margin = margin_voxels(cfg.roi_margin_mm, organ.spacing)
             for attempt in range(MAX_ROI_GROWTHS + 1):
+                if organ.count_tiles(box_shape(organ_box), cfg.step) >= (1 - ROI_MIN_SAVING) * organ.count_tiles(box_shape(slab), cfg.step):
+                    organ_box = slab  # the whole grid, tiled as `accurate` tiles it
                 report.tiles["organ"] += organ.count_tiles(box_shape(organ_box), cfg.step, cfg.mirror)
                 label = organ.predict_labels(
                     net.organ_image, box=organ_box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision, engine=self.engine,
