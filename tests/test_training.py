@@ -669,6 +669,11 @@ def test_time_budget_stops_gracefully_with_a_valid_folder(prepared, tmp_path):
 def test_missing_manifest_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="manifest.json"):
         train(tmp_path, tmp_path / "out", task="organ", preset="tiny", progress=False)
+    (tmp_path / "notes.txt").write_text("not a folder")
+    with pytest.raises(InputError, match="notes.txt: is a file, not a prepared folder"):
+        train(tmp_path / "notes.txt", tmp_path / "out", task="organ", preset="tiny", progress=False)
+    with pytest.raises(InputError, match="nowhere: no such folder"):
+        train(tmp_path / "nowhere", tmp_path / "out", task="organ", preset="tiny", progress=False)
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,9 @@ def load_training_data(prepared_dir: str | os.PathLike, task: str, selection: st
     """
     prepared_dir = Path(prepared_dir)
     path = prepared_dir / MANIFEST_FILE
+    if not prepared_dir.is_dir():
+        what = "is a file, not a prepared folder" if prepared_dir.exists() else "no such folder"
+        raise InputError(f"{prepared_dir}: {what}; `flareseg prepare --out {prepared_dir.name}` makes one")
     if not path.is_file():
         raise InputError(f"{prepared_dir}: no {MANIFEST_FILE}; run `flareseg prepare` first")
     manifest = read_json(path)
