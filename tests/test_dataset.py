@@ -130,6 +130,11 @@ def test_training_refuses_a_manifest_without_per_model_fingerprints(cohort, tmp_
 def test_prepare_rejects_non_cohort(tmp_path):
     with pytest.raises(InputError, match="FLARE-layout"):
         prepare_cohort(tmp_path, tmp_path / "out", progress=False)
+    (tmp_path / "ct.nii.gz").write_bytes(b"not a folder")
+    with pytest.raises(InputError, match="ct.nii.gz: is a file, not a cohort folder"):
+        prepare_cohort(tmp_path / "ct.nii.gz", tmp_path / "out", progress=False)
+    with pytest.raises(InputError, match="nowhere: no such cohort folder"):
+        prepare_cohort(tmp_path / "nowhere", tmp_path / "out", progress=False)
 
 
 def test_cli_prepare(cohort, tmp_path):

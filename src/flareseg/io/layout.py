@@ -74,7 +74,7 @@ def find_training_cases(data_dir: Path) -> list[tuple[str, Path, Path | None]]:
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise InputError(f"{data_dir}: no such cohort folder")
+        raise InputError(f"{data_dir}: " + ("is a file, not a cohort folder" if data_dir.exists() else "no such cohort folder"))
     folders = [data_dir / "imagesTr"] if (data_dir / "imagesTr").is_dir() else []
     folders += sorted(p for p in data_dir.iterdir() if p.is_dir() and p.name.lower().startswith("unlabel"))
     if not folders:
