@@ -327,6 +327,32 @@ def test_a_duplicated_slice_is_refused(real_data, tmp_path):
         read_image(folder)
 
 
+def _edit_second_slice(edit):
+    """An `edited_dicom_copy` edit applied to the series' second slice (instance number 2) only."""
+    def apply(ds):
+        if int(ds.InstanceNumber) == 2:
+            edit(ds)
+    return apply
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda ds: setattr(ds, "PixelSpacing", [0.5, 0.5]), r"has pixel spacing \(0.5, 0.5\), the first slice .* \(0.810547, 0.810547\): not one volume"),
+        (lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 1, 0, 0]), r"has orientation .*: not one volume"),
+        (lambda ds: delattr(ds, "ImagePositionPatient"), r"1 of 3 slices have no image position"),
+    ],
+)
+def test_a_slice_of_another_geometry_is_refused_naming_it(real_data, tmp_path, edit, message):
+    """The series reader takes the first slice's geometry for every slice: one that differs would be misplaced silently."""
+    from conftest import edited_dicom_copy
+
+    out = edited_dicom_copy(real_data, tmp_path / "series", _edit_second_slice(edit))
+    with pytest.raises(InputError, match=message):
+        read_image(out)
+
+
 @pytest.mark.real
 def test_an_mr_series_is_refused(real_data, tmp_path):
     from conftest import edited_dicom_copy

@@ -174,11 +174,13 @@ def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
     """Check a series from its slice headers before its voxels are read.
 
     Refused with a message naming the folder: a modality other than CT, a volume over
-    :data:`MAX_VOXELS`, an unreadable slice header, two slices at one position, and slices whose
-    spacing is not uniform (a missing slice: the series reader would assume uniform spacing and
+    :data:`MAX_VOXELS`, an unreadable slice header, a slice whose size, orientation or pixel spacing
+    differs from the first slice's or that lacks the position the others have (the series reader takes
+    the first slice's geometry for all and would misplace it), two slices at one position, and slices
+    whose spacing is not uniform (a missing slice: the series reader would assume uniform spacing and
     misplace every slice after the gap).
     """
-    positions, normal = [], None
+    positions, normal, first = [], None, None
     for index, name in enumerate(files):
         reader = sitk.ImageFileReader()
         reader.SetFileName(name)
@@ -197,10 +199,18 @@ def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
             if cosines is not None:
                 row, col = np.array([float(v) for v in cosines.split("\\")]).reshape(2, 3)
                 normal = np.cross(row, col)
+        geometry = _slice_geometry(folder, name, reader)
+        if first is None:
+            first = geometry
+        else:
+            _check_same_geometry(folder, name, geometry, first, Path(files[0]).name)
         position = _dicom_tag(reader, "0020|0032")
         if position is not None and normal is not None:
             positions.append(float(np.dot([float(v) for v in position.split("\\")], normal)))
-    if len(positions) < 3 or len(positions) != len(files):
+    if 0 < len(positions) < len(files):
+        raise InputError(f"{folder}: {len(files) - len(positions)} of {len(files)} slices have no image position (0020,0032): "
+                         "their place in the volume is unknown")
+    if len(positions) < 3:
         return
     z = np.sort(np.asarray(positions))
     steps = np.diff(z)
@@ -215,6 +225,28 @@ def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
             f"{folder}: slice spacing is not uniform: {steps[first]:.2f} mm between the slices at {z[first]:.2f} and "
             f"{z[first + 1]:.2f} mm, {typical:.2f} mm elsewhere (a missing slice?){_files_left_out(folder, files)}"
         )
+
+
+def _slice_geometry(folder: Path, name: str, reader: sitk.ImageFileReader) -> dict[str, Any]:
+    """A slice header's size (columns, rows), orientation cosines and pixel spacing (None where absent)."""
+    values: dict[str, Any] = {"size": tuple(int(v) for v in reader.GetSize()[:2])}
+    for key, tag in (("orientation", "0020|0037"), ("pixel spacing", "0028|0030")):
+        text = _dicom_tag(reader, tag)
+        try:
+            values[key] = None if text is None else tuple(float(v) for v in text.split("\\"))
+        except ValueError:
+            raise InputError(f"{folder}: slice {Path(name).name} has an unreadable {key} ({text!r})") from None
+    return values
+
+
+def _check_same_geometry(folder: Path, name: str, geometry: dict[str, Any], first: dict[str, Any], first_name: str) -> None:
+    """Refuse slice `name` when its size, orientation or pixel spacing differs from the first slice's."""
+    for key, value in geometry.items():
+        ref = first[key]
+        same = value == ref if key == "size" or value is None or ref is None or len(value) != len(ref) else np.allclose(value, ref, rtol=1e-4, atol=1e-4)
+        if not same:
+            raise InputError(f"{folder}: slice {Path(name).name} has {key} {value}, the first slice ({first_name}) {ref}: "
+                             "not one volume (a localiser or another series mixed in?)")
 
 
 def _files_left_out(folder: Path, files: Sequence[str]) -> str:
