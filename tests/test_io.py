@@ -327,6 +327,13 @@ def test_a_duplicated_slice_is_refused(real_data, tmp_path):
         read_image(folder)
 
 
+def pydicom_element(tag, vr, value):
+    """A raw data element (to write a value its VR would refuse)."""
+    from pydicom.dataelem import DataElement
+
+    return DataElement(tag, vr, value)
+
+
 def _edit_second_slice(edit):
     """An `edited_dicom_copy` edit applied to the series' second slice (instance number 2) only."""
     def apply(ds):
@@ -342,6 +349,7 @@ def _edit_second_slice(edit):
         (lambda ds: setattr(ds, "PixelSpacing", [0.5, 0.5]), r"has pixel spacing \(0.5, 0.5\), the first slice .* \(0.810547, 0.810547\): not one volume"),
         (lambda ds: setattr(ds, "ImageOrientationPatient", [0, 1, 0, 1, 0, 0]), r"has orientation .*: not one volume"),
         (lambda ds: delattr(ds, "ImagePositionPatient"), r"1 of 3 slices have no image position"),
+        (lambda ds: ds.__setitem__(0x00200032, pydicom_element(0x00200032, "LO", "left\\up\\high")), r"1.dcm has an unreadable image position \('left"),
     ],
 )
 def test_a_slice_of_another_geometry_is_refused_naming_it(real_data, tmp_path, edit, message):

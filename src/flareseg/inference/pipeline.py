@@ -439,8 +439,6 @@ class TwoStepPredictor:
 
 
 # --------------------------------------------------------------------------------------- functions
-
-
 MIN_AXIAL_EXTENT_MM = 50.0
 """A scan shorter than this along the axial axis holds slivers of the organs (the abdomen spans ~300 mm)."""
 
@@ -453,6 +451,8 @@ def _note_thin_scan(canonical: Grid, report: PredictionReport) -> None:
                    f"the models were trained on whole abdomens, so expect partial or missed organs")
         report.notes.append(message)
         log.warning("%s: %s", report.case, message)
+
+
 def predict_case(
     image: str | os.PathLike | Volume,
     output_path: str | os.PathLike,

@@ -195,18 +195,17 @@ def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
             columns, rows = reader.GetSize()[:2]
             if int(columns) * int(rows) * len(files) > MAX_VOXELS:
                 raise InputError(f"{folder}: {len(files)} slices of {columns} x {rows} voxels: more than the {MAX_VOXELS:,} flareseg reads")
-            cosines = _dicom_tag(reader, "0020|0037")
-            if cosines is not None:
-                row, col = np.array([float(v) for v in cosines.split("\\")]).reshape(2, 3)
-                normal = np.cross(row, col)
         geometry = _slice_geometry(folder, name, reader)
         if first is None:
             first = geometry
+            if geometry["orientation"] is not None and len(geometry["orientation"]) == 6:
+                row, col = np.reshape(geometry["orientation"], (2, 3))
+                normal = np.cross(row, col)
         else:
             _check_same_geometry(folder, name, geometry, first, Path(files[0]).name)
-        position = _dicom_tag(reader, "0020|0032")
-        if position is not None and normal is not None:
-            positions.append(float(np.dot([float(v) for v in position.split("\\")], normal)))
+        position = _tag_numbers(folder, name, reader, "0020|0032", "image position")
+        if position is not None and normal is not None and len(position) == 3:
+            positions.append(float(np.dot(position, normal)))
     if 0 < len(positions) < len(files):
         raise InputError(f"{folder}: {len(files) - len(positions)} of {len(files)} slices have no image position (0020,0032): "
                          "their place in the volume is unknown")
@@ -227,23 +226,35 @@ def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
         )
 
 
+def _tag_numbers(folder: Path, name: str, reader: sitk.ImageFileReader, tag: str, what: str) -> tuple[float, ...] | None:
+    """The backslash-separated numbers of DICOM `tag` in slice `name` (None when absent); InputError naming
+    the slice and `what` when they are not numbers."""
+    text = _dicom_tag(reader, tag)
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split("\\"))
+    except ValueError:
+        raise InputError(f"{folder}: slice {Path(name).name} has an unreadable {what} ({text!r})") from None
+
+
 def _slice_geometry(folder: Path, name: str, reader: sitk.ImageFileReader) -> dict[str, Any]:
     """A slice header's size (columns, rows), orientation cosines and pixel spacing (None where absent)."""
-    values: dict[str, Any] = {"size": tuple(int(v) for v in reader.GetSize()[:2])}
-    for key, tag in (("orientation", "0020|0037"), ("pixel spacing", "0028|0030")):
-        text = _dicom_tag(reader, tag)
-        try:
-            values[key] = None if text is None else tuple(float(v) for v in text.split("\\"))
-        except ValueError:
-            raise InputError(f"{folder}: slice {Path(name).name} has an unreadable {key} ({text!r})") from None
-    return values
+    return {
+        "size": tuple(int(v) for v in reader.GetSize()[:2]),
+        "orientation": _tag_numbers(folder, name, reader, "0020|0037", "orientation"),
+        "pixel spacing": _tag_numbers(folder, name, reader, "0028|0030", "pixel spacing"),
+    }
 
 
 def _check_same_geometry(folder: Path, name: str, geometry: dict[str, Any], first: dict[str, Any], first_name: str) -> None:
     """Refuse slice `name` when its size, orientation or pixel spacing differs from the first slice's."""
     for key, value in geometry.items():
         ref = first[key]
-        same = value == ref if key == "size" or value is None or ref is None or len(value) != len(ref) else np.allclose(value, ref, rtol=1e-4, atol=1e-4)
+        if key == "size" or value is None or ref is None or len(value) != len(ref):
+            same = value == ref
+        else:
+            same = np.allclose(value, ref, rtol=1e-4, atol=1e-4)
         if not same:
             raise InputError(f"{folder}: slice {Path(name).name} has {key} {value}, the first slice ({first_name}) {ref}: "
                              "not one volume (a localiser or another series mixed in?)")
