@@ -271,9 +271,10 @@ def test_fast_mode_tiles_each_model_at_its_own_step_and_an_explicit_step_overrid
     assert own.report.tiles["organ"] == organ.count_tiles(shape, 0.5) > organ.count_tiles(shape, 0.8)
     assert own.report.tiles["tumor"] == tumor.count_tiles(shape, 0.8) < tumor.count_tiles(shape, 0.5)
     assert own.report.steps == {"organ": 0.5, "tumor": 0.8}
-    forced = TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", roi=False, step=1.0)).segment(image).report
-    assert forced.tiles["organ"] == forced.tiles["tumor"] == organ.count_tiles(shape, 1.0) and forced.steps == {"organ": 1.0, "tumor": 1.0}
-    np.testing.assert_array_equal(own.label.array, TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", roi=False, step=1.0)).segment(image).label.array)  # exact blending: the step changes no label
+    forced = TwoStepPredictor(organ, tumor, config=InferenceConfig.for_mode("fast", roi=False, step=1.0)).segment(image)
+    assert forced.report.tiles["organ"] == forced.report.tiles["tumor"] == organ.count_tiles(shape, 1.0)
+    assert forced.report.steps == {"organ": 1.0, "tumor": 1.0}
+    np.testing.assert_array_equal(own.label.array, forced.label.array)  # exact blending: the step changes no label
 
 
 @pytest.mark.parametrize(

@@ -78,10 +78,8 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         if self.organs is not None:
             object.__setattr__(self, "organs", parse_label_selection(self.organs))
-        for name in ("step", "roi_step"):
+        for name in ("step", "roi_step") if self.step is not None else ("roi_step",):  # step None: each model's own
             value = getattr(self, name)
-            if value is None and name == "step":
-                continue
             if not isinstance(value, numbers.Real) or not MIN_STEP <= value <= 1:  # NaN fails too
                 raise ConfigError(f"inference.{name} must be a number in [{MIN_STEP}, 1], got {value!r}")
         try:

@@ -294,15 +294,16 @@ class TwoStepPredictor:
         cfg, organ = self.config, self.organ
         slab = self._slab(net.organ_image.shape, organ)
         organ_box: Box = slab
+        whole_tiles = organ.count_tiles(box_shape(slab), cfg.step)
         # A region of interest saves nothing when the whole grid is one tile (a whole-volume model).
-        if cfg.roi and organ.count_tiles(box_shape(slab), cfg.step) > 1:
+        if cfg.roi and whole_tiles > 1:
             with timer.stage("roi"):
                 organ_box = self._locate_organs(net.organ_image, slab, report, progress)
         with timer.stage("organ"):
             report.tiles["organ"], report.steps["organ"] = 0, organ.resolve_step(cfg.step)
             margin = margin_voxels(cfg.roi_margin_mm, organ.spacing)
             for attempt in range(MAX_ROI_GROWTHS + 1):
-                if organ.count_tiles(box_shape(organ_box), cfg.step) >= (1 - ROI_MIN_SAVING) * organ.count_tiles(box_shape(slab), cfg.step):
+                if organ.count_tiles(box_shape(organ_box), cfg.step) >= (1 - ROI_MIN_SAVING) * whole_tiles:
                     organ_box = slab  # the whole grid, tiled as `accurate` tiles it
                 report.tiles["organ"] += organ.count_tiles(box_shape(organ_box), cfg.step, cfg.mirror)
                 label = organ.predict_labels(
