@@ -162,10 +162,10 @@ def test_config_json_has_the_inference_section_training_derived(tmp_path):
     write_model_config(tmp_path, cfg)
     section = json.loads((tmp_path / CONFIG_FILE).read_text())["inference"]
     # Patch of the training protocol, the paper's x and y flips, air = (-100 - 80) / 60 normalised, flareseg's tile step.
-    assert section == {"patch_size": [32, 32, 32], "mirror_axes": [0, 1], "pad_value": -3.0, "step": 0.8}
+    assert section == {"patch_size": [32, 32, 32], "mirror_axes": [0, 1], "pad_value": -3.0, "step": 0.8, "orientation": "canonical"}
 
 
-def test_a_folder_without_the_step_runs_at_flaresegs_and_a_bad_step_is_named(tmp_path):
+def test_a_folder_without_the_step_or_orientation_runs_as_flaresegs_and_bad_values_are_named(tmp_path):
     cfg = _model_config()
     save_tensors(build_network(cfg.network).state_dict(), tmp_path / WEIGHTS_FILE)
     write_model_config(tmp_path, cfg)
@@ -180,6 +180,13 @@ def test_a_folder_without_the_step_runs_at_flaresegs_and_a_bad_step_is_named(tmp
         (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
         with pytest.raises(ModelFolderError, match="config.json.*inference.step"):
             ModelPredictor.from_folder(tmp_path)
+    del data["inference"]["step"], data["inference"]["orientation"]  # written before both fields existed: canonical tiles
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
+    assert ModelPredictor.from_folder(tmp_path).tile_flips((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)) == ()  # RAS
+    data["inference"]["orientation"] = "RAS"
+    (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
+    with pytest.raises(ModelFolderError, match="config.json.*inference.orientation"):
+        ModelPredictor.from_folder(tmp_path)
 
 
 @pytest.mark.parametrize(("flips", "axes"), [((0.2, 0.2), (0, 1)), ((0.0, 0.2), (1,)), ((0.2, 0.0), (0,)), ((0.0, 0.0), ())])

@@ -15,7 +15,7 @@ from dynamic_network_architectures.architectures.unet import PlainConvUNet, Resi
 
 from flareseg.cli import main
 from flareseg.errors import ModelFolderError
-from flareseg.io import read_image, read_label, write_volume
+from flareseg.io import Volume, read_image, read_label, write_volume
 from flareseg.model.nnunet import NnUNetAxisOrder, is_nnunet_folder, load_nnunet_model, to_flareseg_axes
 from flareseg.model.predictor import ModelPredictor
 
@@ -140,6 +140,7 @@ def test_organ_model_maps_plans_onto_flareseg(organ_folder):
     assert predictor.patch_size == (24, 32, 16)
     assert predictor.preprocess_config.crop == "nonzero"  # nnU-Net crops to the non-zero voxels, not to the body
     assert predictor.tile_step == 0.5  # nnU-Net's tile_step_size: fast mode runs it so
+    assert cfg.inference.orientation == "stored"  # nnU-Net trained on the arrays as stored
     fp = cfg.fingerprint
     assert (fp.percentile_00_5, fp.percentile_99_5, fp.mean, fp.std) == (-960.0, 310.0, 90.0, 140.0)
     assert cfg.data["nnunet"]["epoch"] == 1000 and cfg.data["nnunet"]["trainer"] == "nnUNetTrainer"
@@ -304,3 +305,27 @@ def test_cli_predicts_with_nnunet_models_in_the_input_geometry(tmp_path, capsys,
     assert written.array.shape == original.array.shape
     assert written.spacing == original.spacing and np.allclose(written.origin, original.origin) and np.allclose(written.direction, original.direction)
     assert set(np.unique(written.array)) <= set(range(15))
+
+
+@pytest.mark.parametrize("mode", ["accurate", "fast"])
+def test_nnunet_model_sees_the_voxels_as_stored(tmp_path, capsys, monkeypatch, mode):
+    """nnU-Net predicts on the stored array whatever the direction says: the same voxels stored as RAS
+    and as LPS get the same label array (the CT is on the model's grid and its tiles lie symmetrically,
+    so nothing but the voxel order the network sees can differ)."""
+    organ, _ = write_nnunet_folder(tmp_path / "organ", mirror_axes=None)
+    image, _ = phantom_ct(shape=(40, 48, 30), spacing=(1.5, 2.0, 3.0))
+    stored = {"LPS": image, "RAS": Volume(image.array, image.spacing, image.origin, np.diag([-1.0, -1.0, 1.0]))}
+
+    def labels(name: str, run: str) -> np.ndarray:
+        source = write_volume(stored[name], tmp_path / f"{name}_0000.nii.gz")
+        out = tmp_path / f"{name}_{run}.nii.gz"
+        code = main(["--quiet", "predict", "-i", str(source), "-o", str(out), "--organ-model", str(organ), "--mode", mode])
+        assert code == 0, capsys.readouterr().err
+        return read_label(out).array
+
+    assert ModelPredictor.from_folder(organ).tile_flips(stored["RAS"].direction.ravel()) == (0, 1)
+    as_lps, as_ras = labels("LPS", "stored"), labels("RAS", "stored")
+    assert len(np.unique(as_lps)) > 2  # the random network's labels vary, so a different voxel order shows
+    assert np.mean(as_lps == as_ras) > 0.999
+    monkeypatch.setattr(ModelPredictor, "tile_flips", lambda self, direction: ())  # the network sees LPS tiles for both
+    assert np.mean(labels("LPS", "canonical") == labels("RAS", "canonical")) < 0.99

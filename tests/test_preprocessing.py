@@ -15,6 +15,7 @@ from flareseg.transforms.preprocessing import (
     resample_label,
     resampled_grid,
     restore_label,
+    stored_flips,
     to_canonical,
 )
 
@@ -79,6 +80,24 @@ def test_any_orientation_round_trips_and_canonical_is_lps(direction):
     # A coarser grid and back still lands every voxel of the large organ in place.
     _, coarse_back = _round_trip(image, label, (3.0, 3.0, 3.0))
     assert _dice(coarse_back == 1, label.array == 1) > 0.9
+
+
+@pytest.mark.parametrize(
+    ("direction", "flips"),
+    [
+        (np.eye(3), ()),
+        (np.diag([-1.0, -1.0, 1.0]), (0, 1)),  # RAS
+        (np.diag([1.0, -1.0, -1.0]), (1, 2)),  # LAI
+        (np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0]], float), ()),  # a permutation without flips
+        (np.array([[0, -1, 0], [0, 0, 1], [-1, 0, 0]], float), (0, 2)),
+    ],
+)
+def test_stored_flips_are_the_lps_axes_stored_the_other_way(direction, flips):
+    image, _ = phantom_ct(direction=direction)
+    assert stored_flips(direction) == flips
+    canonical = to_canonical(image).array
+    if orientation_code(np.abs(direction)) == "LPS":  # flips only: undoing them gives the stored array back
+        np.testing.assert_array_equal(np.flip(canonical, flips), image.array)
 
 
 def test_body_crop_excludes_air_and_keeps_body():

@@ -14,6 +14,7 @@ from flareseg.model.sliding_window import (
     count_tiles,
     gaussian_weights,
     mirror_combinations,
+    flipped,
     mirrored,
     network_predictor,
     resolve_precision,
@@ -130,6 +131,27 @@ def test_mirroring_averages_over_all_flips():
     x = torch.randn(1, 1, *shape)
     torch.testing.assert_close(mirrored(identity, (0, 1, 2))(x), x)
     assert mirrored(fixed, ()) is fixed
+
+
+def test_flipped_tiles_equal_the_network_on_the_flipped_volume():
+    """A network that is not flip-equivariant, its tiles flipped along F, gives the flip along F of its
+    output on the volume flipped along F (the tile starts lie symmetrically on this shape)."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv3d(1, 3, 3, padding=1)
+    net = lambda t: conv(t)  # noqa: E731
+    image = np.random.default_rng(0).normal(size=(40, 24, 30)).astype(np.float32)
+    kwargs = dict(patch_size=(24, 16, 16), step=0.5)
+    for axes in [(0,), (0, 1), (1, 2)]:
+        with torch.no_grad():
+            got = sliding_window_logits(image, flipped(net, axes), **kwargs)
+            on_flipped = sliding_window_logits(np.ascontiguousarray(np.flip(image, axes)), net, **kwargs)
+            plain = sliding_window_logits(image, net, **kwargs)
+        dims = [1 + a for a in axes]
+        torch.testing.assert_close(got, torch.flip(on_flipped, dims), rtol=1e-5, atol=1e-5)
+        assert (got - plain).abs().max() > 1e-2  # the flip changes what this network sees
+    assert flipped(net, ()) is net
+    with pytest.raises(ConfigError, match="mirror axes"):
+        flipped(net, (3,))
 
 
 def test_mirrored_sliding_window_of_identity_is_exact():

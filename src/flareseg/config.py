@@ -349,6 +349,8 @@ FLARESEG_TILE_STEP = 0.8
 NNUNET_TILE_STEP = 0.5
 """The step models trained by nnU-Net run at (its predictor's ``tile_step_size``): at 0.8 the peer's
 liver agreed with nnU-Net's own output 0.85 where 0.5 gives 0.98 (docs/efficiency.md, "The peer")."""
+TILE_ORIENTATIONS: tuple[str, ...] = ("canonical", "stored")
+"""How the network sees each tile (:attr:`InferenceDefaults.orientation`)."""
 
 
 @dataclass(frozen=True)
@@ -367,15 +369,22 @@ class InferenceDefaults:
         step: the sliding-window step (a fraction of the patch) the model runs at where the mode
             leaves the step to the model (``fast``): FLARESEG_TILE_STEP for flareseg's models (and
             folders written before the field), NNUNET_TILE_STEP for nnU-Net's.
+        orientation: how each tile is shown to the network: ``"canonical"``, as it lies on the LPS
+            grid (flareseg's models, trained on reoriented images); ``"stored"``, flipped along the
+            LPS axes that the input's stored voxel order runs against (nnU-Net's models, trained
+            on the arrays as stored; a permutation of the stored axes is not undone).
     """
 
     patch_size: tuple[int, int, int]
     mirror_axes: tuple[int, ...] = ()
     pad_value: float = 0.0
     step: float = FLARESEG_TILE_STEP
+    orientation: str = "canonical"
 
     def __post_init__(self) -> None:
         _check_patch("inference.patch_size", self.patch_size)
+        if self.orientation not in TILE_ORIENTATIONS:
+            raise ConfigError(f"inference.orientation must be one of {', '.join(TILE_ORIENTATIONS)}, got {self.orientation!r}")
         axes = self.mirror_axes
         if not isinstance(axes, tuple) or len(set(axes)) != len(axes) or any(a not in (0, 1, 2) for a in axes):
             raise ConfigError(f"inference.mirror_axes must be distinct axes among 0, 1, 2; got {axes!r}")

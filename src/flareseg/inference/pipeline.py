@@ -295,10 +295,11 @@ class TwoStepPredictor:
         slab = self._slab(net.organ_image.shape, organ)
         organ_box: Box = slab
         whole_tiles = organ.count_tiles(box_shape(slab), cfg.step)
+        flip = organ.tile_flips(net.organ_record.original.direction)
         # A region of interest saves nothing when the whole grid is one tile (a whole-volume model).
         if cfg.roi and whole_tiles > 1:
             with timer.stage("roi"):
-                organ_box = self._locate_organs(net.organ_image, slab, report, progress)
+                organ_box = self._locate_organs(net.organ_image, slab, flip, report, progress)
         with timer.stage("organ"):
             report.tiles["organ"], report.steps["organ"] = 0, organ.resolve_step(cfg.step)
             margin = margin_voxels(cfg.roi_margin_mm, organ.spacing)
@@ -307,7 +308,7 @@ class TwoStepPredictor:
                     organ_box = slab  # the whole grid, tiled as `accurate` tiles it
                 report.tiles["organ"] += organ.count_tiles(box_shape(organ_box), cfg.step, cfg.mirror)
                 label = organ.predict_labels(
-                    net.organ_image, box=organ_box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision, engine=self.engine,
+                    net.organ_image, box=organ_box, step=cfg.step, mirror=cfg.mirror, flip=flip, precision=cfg.precision, engine=self.engine,
                     tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: organ",
                 )
                 # The fine pass must not lose what the weights find: an organ cut by a face of the
@@ -342,7 +343,8 @@ class TwoStepPredictor:
             return np.zeros(image.shape, dtype=np.uint8)
         report.tiles["tumor"], report.steps["tumor"] = tumor.count_tiles(box_shape(box), cfg.step, cfg.mirror), tumor.resolve_step(cfg.step)
         return tumor.predict_labels(
-            image, box=box, step=cfg.step, mirror=cfg.mirror, precision=cfg.precision, engine=self.engine,
+            image, box=box, step=cfg.step, mirror=cfg.mirror, flip=tumor.tile_flips(net.tumor_record.original.direction),
+            precision=cfg.precision, engine=self.engine,
             tile_batch_size=cfg.tile_batch_size, progress=progress, desc=f"{report.case}: tumor",
         )
 
@@ -393,13 +395,13 @@ class TwoStepPredictor:
         n = slices_for_extent(cfg.paper_slices * cfg.paper_slice_mm, model.spacing[2])
         return middle_slab(shape, n, axis=2)
 
-    def _locate_organs(self, image: np.ndarray, slab: Box, report: PredictionReport, progress: bool) -> Box:
-        """The coarse pass: organ model on the pooled image; organs' box + margin on the network grid."""
+    def _locate_organs(self, image: np.ndarray, slab: Box, flip: tuple[int, ...], report: PredictionReport, progress: bool) -> Box:
+        """The coarse pass: organ model on the pooled image (its tiles flipped along `flip`); organs' box + margin on the network grid."""
         cfg, organ = self.config, self.organ
         coarse = downsample(image, cfg.roi_downsample)
         report.tiles["roi"] = organ.count_tiles(coarse.shape, cfg.roi_step)
         coarse_label = organ.predict_labels(
-            coarse, step=cfg.roi_step, precision=cfg.precision, engine=self.engine, tile_batch_size=cfg.tile_batch_size,
+            coarse, step=cfg.roi_step, flip=flip, precision=cfg.precision, engine=self.engine, tile_batch_size=cfg.tile_batch_size,
             progress=progress, desc=f"{report.case}: roi",
         )
         found = label_box(coarse_label, self._fine_organ_ids())

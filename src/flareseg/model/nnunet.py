@@ -14,7 +14,10 @@ without importing nnunetv2:
 - preprocessing maps onto flareseg's: the configuration's spacing, ``CTNormalization`` with the
   plans' foreground intensity properties, and the patch size;
 - the network sees arrays in nnU-Net's axis order: a SimpleITK array (z, y, x) of the image
-  reoriented to LPS (identity direction), transposed by the plans' ``transpose_forward``;
+  reoriented to LPS (identity direction), transposed by the plans' ``transpose_forward``, each tile
+  flipped along the axes the input stores in the opposite sense (``inference.orientation``
+  ``"stored"``): nnU-Net trains and predicts on the arrays as stored, so a CT stored RAS (or any way
+  that differs from LPS by flips only) is shown to the network in the voxel order nnU-Net shows it;
 - test-time mirroring uses nnU-Net's own ``inference_allowed_mirroring_axes`` from the checkpoint
   (the axes its trainer mirrored in augmentation), mapped from nnU-Net's axis order to the LPS grid's;
   a checkpoint without it is not mirrored, as nnU-Net's predictor does.
@@ -25,9 +28,9 @@ without importing nnunetv2:
   volume: ``preprocess.crop = "nonzero"``), not to the body as flareseg's own models are: the tiles
   then start where nnU-Net's start and see the air its training patches saw.
 
-Differences from nnU-Net's own predictor, all on the preprocessing side: flareseg reorients every
-image to LPS (nnU-Net keeps the stored orientation, so images stored otherwise than LPS-identity
-are presented differently) and resamples linearly (nnU-Net: third-order spline). Only one fold is
+Differences from nnU-Net's own predictor, all on the preprocessing side: an image whose stored axes
+are a permutation of L, P and S (a sagittal or coronal series) is shown in LPS's axis order, not in
+its stored one, and flareseg resamples linearly (nnU-Net: third-order spline). Only one fold is
 used; the cascade configuration (which needs a low-resolution segmentation as input) is not supported.
 """
 
@@ -380,6 +383,7 @@ def _load(root: Path, checkpoint_path: Path, device: str | torch.device) -> tupl
             mirror_axes=mirror_axes_from(checkpoint, transpose, source=checkpoint_path),
             pad_value=float(pad_value_of(fingerprint)),
             step=NNUNET_TILE_STEP,
+            orientation="stored",
         ),
         data={
             "nnunet": {

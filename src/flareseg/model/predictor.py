@@ -9,8 +9,9 @@ whole network grid or a box of it, and returns labels (the arg-max mapped throug
 
 How the model is run comes from the folder's ``inference`` section, which training wrote
 (:class:`~flareseg.config.InferenceDefaults`): the tile size, the value tiles are padded with, the
-axes it may be mirrored along at test time (``mirror=None`` asks for exactly those) and the tile step
-it runs at where the mode leaves the step to it (``step=None``). What runs the
+axes it may be mirrored along at test time (``mirror=None`` asks for exactly those), the tile step
+it runs at where the mode leaves the step to it (``step=None``) and the voxel order its tiles are
+shown in (:meth:`ModelPredictor.tile_flips`: nnU-Net's models see the input's stored one). What runs the
 network on each tile is the `engine` (:mod:`flareseg.model.engine`): torch itself, or its ONNX
 export on ONNX Runtime or OpenVINO; tiling, mirroring and blending are the same for all.
 """
@@ -32,9 +33,9 @@ from flareseg.model.device import resolve_device
 from flareseg.model.engine import check_engine, graph_key, onnx_runner
 from flareseg.model.folder import ModelConfig, load_network, network_structure, read_model_config, read_weights, weights_path
 from flareseg.model.nnunet import is_nnunet_folder, load_nnunet_model
-from flareseg.transforms.preprocessing import normalize
+from flareseg.transforms.preprocessing import normalize, stored_flips
 from flareseg.transforms.roi import Box, box_slices, full_box, is_empty
-from flareseg.model.sliding_window import TilePredictor, count_tiles, mirrored, network_predictor, sliding_window_argmax
+from flareseg.model.sliding_window import TilePredictor, count_tiles, flipped, mirrored, network_predictor, sliding_window_argmax
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,15 @@ class ModelPredictor:
         """`mirror` as a tuple of axes; None means this model's own :attr:`mirror_axes`."""
         return self.mirror_axes if mirror is None else tuple(int(a) for a in mirror)
 
+    def tile_flips(self, direction: Sequence[float]) -> tuple[int, ...]:
+        """The network-grid axes each tile is flipped along before this model sees it, for an input
+        stored with `direction` (3x3): none for a model trained on reoriented images, the axes its
+        stored voxel order runs against LPS (:func:`~flareseg.transforms.preprocessing.stored_flips`)
+        for one trained on images as stored (``inference.orientation`` ``"stored"``: nnU-Net's)."""
+        if self.config.inference.orientation == "canonical":  # type: ignore[union-attr]
+            return ()
+        return stored_flips(direction)
+
     def normalize(self, hu: np.ndarray) -> np.ndarray:
         """Normalise a network-grid image in HU with this model's fingerprint."""
         return normalize(hu, self.config.fingerprint)
@@ -170,8 +180,11 @@ class ModelPredictor:
             )
         return self._runners[engine]
 
-    def tile_predictor(self, *, mirror: Sequence[int] | None = (), precision: str = "auto", engine: str = "torch") -> TilePredictor:
-        """The network as a tile predictor run by `engine`, averaged over the flips of `mirror` (None: :attr:`mirror_axes`).
+    def tile_predictor(
+        self, *, mirror: Sequence[int] | None = (), flip: Sequence[int] = (), precision: str = "auto", engine: str = "torch"
+    ) -> TilePredictor:
+        """The network as a tile predictor run by `engine`, averaged over the flips of `mirror` (None: :attr:`mirror_axes`),
+        seeing each tile flipped along `flip` (:meth:`tile_flips`).
 
         Raises:
             ConfigError: an unknown engine, or a precision the engine does not support (ONNX engines: fp32).
@@ -179,8 +192,8 @@ class ModelPredictor:
         check_engine(engine, precision)
         axes = self.resolve_mirror(mirror)
         if engine == "torch":
-            return network_predictor(self.network, mirror_axes=axes, precision=precision, device=self.device)
-        return mirrored(self.engine_runner(engine), axes)
+            return flipped(network_predictor(self.network, mirror_axes=axes, precision=precision, device=self.device), flip)
+        return flipped(mirrored(self.engine_runner(engine), axes), flip)
 
     def count_tiles(self, shape: Sequence[int], step: float | None, mirror: Sequence[int] | None = ()) -> int:
         """Network evaluations needed for a region of `shape` (mirroring included; None: :attr:`tile_step`, :attr:`mirror_axes`)."""
@@ -193,6 +206,7 @@ class ModelPredictor:
         box: Box | None = None,
         step: float | None = 0.5,
         mirror: Sequence[int] | None = (),
+        flip: Sequence[int] = (),
         precision: str = "auto",
         engine: str = "torch",
         tile_batch_size: int = 1,
@@ -207,6 +221,8 @@ class ModelPredictor:
                 None is the whole grid.
             mirror: network-grid axes to average test-time flips over; () none, None the model's own
                 :attr:`mirror_axes` (the axes it was trained flipped along).
+            flip: network-grid axes each tile is shown to the network flipped along, its output flipped
+                back: the case's :meth:`tile_flips`.
             step: distance between tile starts as a fraction of the patch; None this model's own :attr:`tile_step`.
             precision, tile_batch_size: see :func:`flareseg.model.sliding_window.iter_blended_slabs`.
             engine: what runs the network on each tile: 'torch', 'onnxruntime' or 'openvino' (:meth:`tile_predictor`).
@@ -221,7 +237,7 @@ class ModelPredictor:
         region = np.ascontiguousarray(image[box_slices(box)], dtype=np.float32)
         index = sliding_window_argmax(
             region,
-            self.tile_predictor(mirror=mirror, precision=precision, engine=engine),
+            self.tile_predictor(mirror=mirror, flip=flip, precision=precision, engine=engine),
             patch_size=self.patch_size,
             step=self.resolve_step(step),
             tile_batch_size=tile_batch_size,

@@ -115,6 +115,20 @@ def mirrored(predict: TilePredictor, axes: Sequence[int]) -> TilePredictor:
     return predict_mirrored
 
 
+def flipped(predict: TilePredictor, axes: Sequence[int]) -> TilePredictor:
+    """Wrap `predict` so that it sees each tile flipped along the spatial `axes` (0-2), its output
+    flipped back: the network runs on the other voxel order, the output lies on the caller's.
+    No axes returns `predict` itself."""
+    dims = [2 + a for a in mirror_combinations(axes)[-1]]
+    if not dims:
+        return predict
+
+    def predict_flipped(tiles: torch.Tensor) -> torch.Tensor:
+        return torch.flip(predict(torch.flip(tiles, dims)), dims)
+
+    return predict_flipped
+
+
 def resolve_precision(precision: str, device: str | torch.device) -> torch.dtype:
     """The compute dtype for `precision` on `device`.
 

@@ -62,6 +62,17 @@ def to_canonical(volume: Volume) -> Volume:
     return Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), CANONICAL_ORIENTATION))
 
 
+def stored_flips(direction: Sequence[float] | np.ndarray) -> tuple[int, ...]:
+    """The LPS-grid axes (0, 1, 2) along which an image of this `direction` (3x3) stores its voxels
+    in the opposite sense: (0, 1) for RAS, () for LPS or any permutation of L, P and S.
+
+    Flipping the reoriented array along them gives the stored array's voxel senses; its axis order
+    stays LPS's.
+    """
+    code = orientation_code(np.asarray(direction, dtype=float).reshape(3, 3))
+    return tuple(sorted("RAI".index(letter) for letter in code if letter in "RAI"))
+
+
 def from_canonical(array: np.ndarray, canonical: Grid, original: Grid) -> np.ndarray:
     """Bring an (I, J, K) array on the `canonical` grid back to the `original` grid's axis order."""
     code = orientation_code(np.array(original.direction).reshape(3, 3))
