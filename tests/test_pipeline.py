@@ -617,7 +617,7 @@ def test_fast_mode_widens_a_region_of_interest_that_cuts_an_organ(monkeypatch):
     reference, _ = _arrays(whole.segment(image))
     fast = TwoStepPredictor(organ_thresholds(), None, config=dataclasses.replace(FAST, roi_margin_mm=8.0))
 
-    def too_small(self, image, slab, report, progress):
+    def too_small(self, image, slab, flip, report, progress):
         (a, b), (c, d), (e, f) = label_box(reference_net, [LIVER])
         return ((a + 2, a + 6), (c + 2, c + 6), (e + 2, e + 6))  # a box inside the liver
 
@@ -634,7 +634,7 @@ def test_a_region_of_interest_that_costs_the_whole_grids_tiles_is_the_whole_grid
     image, _ = phantom_ct(shape=(80, 72, 60), spacing=(2.0, 2.0, 2.0))
     fast = TwoStepPredictor(organ_thresholds(), None, config=InferenceConfig.for_mode("fast"))
     shape = fast._preprocess(image).organ_image.shape
-    monkeypatch.setattr(TwoStepPredictor, "_locate_organs", lambda self, image, slab, report, progress: ((1, shape[0]), (0, shape[1]), (0, shape[2])))
+    monkeypatch.setattr(TwoStepPredictor, "_locate_organs", lambda self, image, slab, flip, report, progress: ((1, shape[0]), (0, shape[1]), (0, shape[2])))
     assert fast.organ.count_tiles((shape[0] - 1, shape[1], shape[2]), None) == fast.organ.count_tiles(shape, None) > 1
     label, report = _arrays(fast.segment(image))
     assert report.organ_box == ((0, shape[0]), (0, shape[1]), (0, shape[2]))

@@ -21,7 +21,7 @@ import torch
 from flareseg.cli import main
 from flareseg.config import FINE_TUNE_LR, AugmentConfig, Fingerprint, PreprocessConfig, TrainConfig, apply_overrides, get_preset, task_labels
 from flareseg.data.cache import CACHE_DIRNAME, CaseCache, SourceCase, sample_locations
-from flareseg.errors import ConfigError, InputError, TrainingError
+from flareseg.errors import ConfigError, InputError, ModelFolderError, TrainingError
 from flareseg.inference import InferenceConfig, TwoStepPredictor
 from flareseg.io import Volume, write_volume
 from flareseg.model.folder import WEIGHTS_FILE, load_model, read_model_config, save_tensors
@@ -641,6 +641,18 @@ def test_fine_tuning_starts_from_the_given_weights_with_the_fine_tune_rate(prepa
     assert rows[0]["train_loss"] < 0.5 * (first[0]["train_loss"] + first[-1]["train_loss"])
     with pytest.raises(ConfigError, match="organ model"):
         train(prepared, tmp_path / "wrong", task="tumor", init_from=trained, epochs=1, progress=False)
+
+
+def test_fine_tuning_refuses_weights_that_are_missing_or_not_finite(trained, tmp_path):
+    cfg = read_model_config(trained)
+    with pytest.raises(ModelFolderError, match=f"no weights file {WEIGHTS_FILE}"):
+        initial_network(cfg.network, tmp_path, seed=0)
+    state = dict(initial_network(cfg.network, trained, seed=0).state_dict())
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name] = torch.full_like(state[name], float("nan"))  # a diverged run's weights
+    save_tensors(state, tmp_path / WEIGHTS_FILE)
+    with pytest.raises(ModelFolderError, match=f"tensor {name} holds NaN"):
+        initial_network(cfg.network, tmp_path, seed=0)
 
 
 def test_cli_fine_tuning_with_its_own_rate_and_schedule(prepared, trained, tmp_path):

@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset", choices=("paper", "cpu", "cpu-quick", "cpu-lesion", "tiny"),
         help="paper: the paper's protocol (GPU); cpu: whole-volume organ model at 6 mm; cpu-quick: cpu with deep supervision "
-        "for 200 steps; cpu-lesion: lesion patches at 3 mm; "
+        "for 400 steps; cpu-lesion: lesion patches at 3 mm; "
         "tiny: tests (default: cpu for --task organ, cpu-lesion for --task tumor)",
     )
     p.add_argument("--epochs", type=POSITIVE_INT, help="total epochs (default: the preset's)")

@@ -426,16 +426,18 @@ def _presets() -> dict[str, Preset]:
     )
     cpu_quick = Preset(
         "cpu-quick",
-        # The cpu preset for a budget of 200 steps (the quick demo): with deep supervision it leaves the loss
+        # The cpu preset for a budget of 400 steps (the quick demo): with deep supervision it leaves the loss
         # plateau of the first few hundred steps early, validation mean Dice 0.34 after 200 steps where the cpu
         # preset has 0.09 (0.38 against 0.12 after 250 on the demo's cohort; by 1,000 steps both are at
-        # 0.56-0.64, so the cpu preset keeps its 6% cheaper step). Its rate follows the first 200 steps of the
-        # cpu preset's 1,000 (poly horizon 40 epochs): annealed over its own 8 epochs it learnt less (0.105
-        # fast-mode organ DSC against 0.139). No warm-up: with deep supervision it adds nothing in 200 steps
-        # (0.337 with a 50-step warm-up against 0.343 without; recipes dswarm50 and ds on the quick cohort).
+        # 0.56-0.64, so the cpu preset keeps its 6% cheaper step), 0.57 after 300 and 0.59 after 400 on the
+        # quick cohort (docs/training.md). Its rate follows the first 400 steps of the cpu preset's 1,000
+        # (poly horizon 40 epochs), so a run the quick demo's time cap stops early on a slow machine has
+        # learnt what the same steps of a planned shorter run would: annealed over its own 8 epochs it learnt
+        # less (0.105 fast-mode organ DSC against 0.139). No warm-up: with deep supervision it adds nothing
+        # (0.337 with a 50-step warm-up against 0.343 without after 200 steps; recipes dswarm50 and ds).
         dataclasses.replace(cpu.network, deep_supervision=True),
         cpu.preprocess,
-        dataclasses.replace(cpu.train, epochs=8, warmup_steps=0),
+        dataclasses.replace(cpu.train, epochs=16, warmup_steps=0),
     )
     cpu_lesion = Preset(
         "cpu-lesion",

@@ -44,8 +44,6 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from flareseg.config import NetworkConfig
@@ -54,7 +52,7 @@ from flareseg.errors import ConfigError, ModelFolderError, TrainingError
 from flareseg.io import remove_stale_temporaries
 from flareseg.io.output import check_output_folder
 from flareseg.labels import name_of
-from flareseg.model.folder import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, load_error_summary, write_model_config
+from flareseg.model.folder import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, load_error_summary, read_weights, write_model_config
 from flareseg.model.network import build_network
 from flareseg.training.augment import IMAGE_KEY, LABEL_KEY, LABELLED_KEY
 from flareseg.training.checkpoint import (
@@ -163,18 +161,17 @@ def initial_network(network_cfg: NetworkConfig, init_from: str | os.PathLike | N
     """A freshly initialised network (He-normal, seeded), or one holding the weights of model folder `init_from`.
 
     Raises:
-        ModelFolderError: `init_from` is not a model folder or its weights do not fit `network_cfg`.
+        ModelFolderError: `init_from` has no readable weights file, its weights hold NaN or infinity,
+            or they do not fit `network_cfg`.
     """
     torch.manual_seed(seed)
     network = build_network(network_cfg)
     if init_from is not None:
-        path = Path(init_from) / WEIGHTS_FILE
-        if not path.is_file():
-            raise ModelFolderError(f"{init_from}: no weights file {WEIGHTS_FILE} to fine-tune from")
+        state = read_weights(init_from)
         try:
-            network.load_state_dict(load_file(str(path)), strict=True)
-        except (RuntimeError, OSError, SafetensorError) as exc:
-            raise ModelFolderError(f"{path}: weights do not fit the network: {load_error_summary(exc)}") from None
+            network.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ModelFolderError(f"{Path(init_from) / WEIGHTS_FILE}: weights do not fit the network: {load_error_summary(exc)}") from None
     return network
 
 
