@@ -141,6 +141,7 @@ def test_organ_model_maps_plans_onto_flareseg(organ_folder):
     assert predictor.preprocess_config.crop == "nonzero"  # nnU-Net crops to the non-zero voxels, not to the body
     assert predictor.tile_step == 0.5  # nnU-Net's tile_step_size: fast mode runs it so
     assert cfg.inference.orientation == "stored"  # nnU-Net trained on the arrays as stored
+    assert cfg.preprocess.resample == "spline"  # nnU-Net's resampling of the image
     fp = cfg.fingerprint
     assert (fp.percentile_00_5, fp.percentile_99_5, fp.mean, fp.std) == (-960.0, 310.0, 90.0, 140.0)
     assert cfg.data["nnunet"]["epoch"] == 1000 and cfg.data["nnunet"]["trainer"] == "nnUNetTrainer"

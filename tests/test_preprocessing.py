@@ -9,9 +9,11 @@ from flareseg.transforms.preprocessing import (
     body_bounding_box,
     body_crop,
     compute_fingerprint,
+    low_resolution_axis,
     nonzero_bounding_box,
     normalize,
     preprocess_case,
+    resample_image,
     resample_label,
     resampled_grid,
     restore_label,
@@ -100,6 +102,48 @@ def test_stored_flips_are_the_lps_axes_stored_the_other_way(direction, flips):
         np.testing.assert_array_equal(np.flip(canonical, flips), image.array)
 
 
+def test_spline_resampling_is_a_third_order_spline_that_keeps_the_samples():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    volume = Volume(rng.normal(0, 100, (30, 26, 20)).astype(np.float32), (1.0, 1.0, 1.5), (0.0, 0.0, 0.0), np.eye(3))
+    grid = resampled_grid(volume.grid, (1.7, 1.3, 2.0))
+    got = resample_image(volume, grid, "spline").array
+    start = (np.asarray(grid.spacing) - np.asarray(volume.spacing)) / 2 / np.asarray(volume.spacing)  # voxel centres stay aligned
+    coords = np.meshgrid(*[start[a] + np.arange(grid.shape[a]) * grid.spacing[a] / volume.spacing[a] for a in range(3)], indexing="ij")
+    expected = ndimage.map_coordinates(volume.array.astype(np.float64), coords, order=3, mode="nearest")  # scipy's, in float64
+    np.testing.assert_allclose(got, expected, atol=1e-3)
+    np.testing.assert_allclose(resample_image(volume, volume.grid, "spline").array, volume.array, atol=1e-3)  # interpolating: samples kept
+    linear = resample_image(volume, grid).array
+    assert np.abs(linear - got).mean() > 1.0  # the linear default smooths: a different image
+
+
+def test_spline_resampling_takes_the_nearest_slice_along_the_low_resolution_axis():
+    """nnU-Net's separate-z rule: an anisotropic scan's thick axis is resampled by nearest neighbour."""
+    assert low_resolution_axis((0.8, 0.8, 5.0), (1.5, 1.5, 3.0)) == 2
+    assert low_resolution_axis((1.0, 1.0, 1.0), (1.0, 4.0, 1.0)) == 1  # the target's, when the source is isotropic
+    assert low_resolution_axis((1.0, 1.0, 2.5), (1.5, 1.5, 2.5)) is None
+    assert low_resolution_axis((5.0, 5.0, 1.0), (5.0, 5.0, 1.0)) is None  # two thick axes: nnU-Net does not separate
+    slices = np.arange(8, dtype=np.float32) * 100  # every slice constant in-plane, 100 HU apart
+    volume = Volume(np.broadcast_to(slices, (20, 18, 8)).copy(), (0.8, 0.8, 5.0), (0.0, 0.0, 0.0), np.eye(3))
+    got = resample_image(volume, resampled_grid(volume.grid, (1.5, 1.5, 3.0)), "spline").array
+    values = np.unique(np.round(got, 3))
+    np.testing.assert_array_equal(values, slices)  # whole slices (every one of them), no value between two
+
+
+@pytest.mark.parametrize("resample", ["linear", "spline"])
+def test_a_region_of_the_grid_is_resampled_as_the_whole_grid_is_there(resample):
+    """preprocess_case(within=...) reads the region plus the interpolation's reach: its voxels are the whole grid's."""
+    image, _ = phantom_ct(shape=(60, 56, 40), spacing=(1.0, 1.0, 2.0))
+    config = PreprocessConfig(target_spacing=(1.2, 1.2, 2.4), crop="nonzero", resample=resample)  # little smoothing: a short reach
+    whole = preprocess_case(image, config=config, fingerprint=None)
+    part = preprocess_case(image, config=config, fingerprint=None, within=((20, 40), (18, 38), (10, 30)))
+    start = np.rint((np.asarray(part.record.network.origin) - whole.record.network.origin) / np.asarray(whole.record.network.spacing)).astype(int)
+    inside = whole.image[tuple(slice(a, a + n) for a, n in zip(start, part.image.shape))]
+    assert part.image.shape < whole.image.shape
+    np.testing.assert_allclose(part.image, inside, atol=1e-4 * np.ptp(whole.image))
+
+
 def test_body_crop_excludes_air_and_keeps_body():
     image, label = phantom_ct(shape=(50, 50, 20))
     box = body_bounding_box(image, margin_mm=0)
@@ -148,6 +192,8 @@ def test_the_crop_setting_picks_the_box_and_a_shared_crop_is_found_again_for_ano
     assert case.record.crop == ((0, 50), (0, 50), (0, 20)) and case.image.shape == (50, 50, 20)
     with pytest.raises(ConfigError, match="preprocess.crop must be one of body, nonzero"):
         PreprocessConfig(crop="bones")
+    with pytest.raises(ConfigError, match="preprocess.resample must be one of linear, spline"):
+        PreprocessConfig(resample="cubic")
 
 
 def test_body_crop_of_all_air_keeps_everything():

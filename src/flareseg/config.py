@@ -149,6 +149,8 @@ class NetworkConfig:
 
 CROPS: tuple[str, ...] = ("body", "nonzero")
 """What a CT may be cropped to before resampling (:attr:`PreprocessConfig.crop`)."""
+RESAMPLINGS: tuple[str, ...] = ("linear", "spline")
+"""How a CT is resampled to the network's grid (:attr:`PreprocessConfig.resample`)."""
 
 
 @dataclass(frozen=True)
@@ -163,12 +165,17 @@ class PreprocessConfig:
             nearly always the whole volume; models imported from nnU-Net, which were trained so).
         body_threshold_hu: voxels above this HU count as body for the body crop.
         body_margin_mm: margin around the body bounding box.
+        resample: how the CT is interpolated onto the network grid: ``"linear"``, smoothed first where
+            the grid is coarser (anti-aliasing; flareseg's models); ``"spline"``, as nnU-Net resamples
+            (third-order spline without smoothing, nearest neighbour along the low-resolution axis of
+            an anisotropic scan; models imported from nnU-Net). Label maps are resampled one way.
     """
 
     target_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     crop: str = "body"
     body_threshold_hu: float = -500.0
     body_margin_mm: float = 5.0
+    resample: str = "linear"
 
     def __post_init__(self) -> None:
         if len(self.target_spacing) != 3:
@@ -177,6 +184,8 @@ class PreprocessConfig:
             _check_real("preprocess.target_spacing", value, low=SPACING_RANGE_MM[0], high=SPACING_RANGE_MM[1])
         if self.crop not in CROPS:
             raise ConfigError(f"preprocess.crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
+        if self.resample not in RESAMPLINGS:
+            raise ConfigError(f"preprocess.resample must be one of {', '.join(RESAMPLINGS)}, got {self.resample!r}")
         _check_real("preprocess.body_threshold_hu", self.body_threshold_hu)
         _check_real("preprocess.body_margin_mm", self.body_margin_mm, low=0)
 

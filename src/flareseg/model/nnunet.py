@@ -374,7 +374,7 @@ def _load(root: Path, checkpoint_path: Path, device: str | torch.device) -> tupl
             strides=tuple(strides),
             res_block=class_name == "ResidualEncoderUNet",
         ),
-        preprocess=PreprocessConfig(target_spacing=to_flareseg_axes(config["spacing"], transpose), crop="nonzero"),
+        preprocess=PreprocessConfig(target_spacing=to_flareseg_axes(config["spacing"], transpose), crop="nonzero", resample="spline"),
         fingerprint=fingerprint,
         train=TrainConfig(patch_size=patch_size, batch_size=int(config.get("batch_size", 2))),
         channel_labels=channel_labels,

@@ -205,8 +205,10 @@ def sub_grid(grid: Grid, box: tuple[tuple[int, int], ...]) -> Grid:
     return Grid(tuple(int(b - a) for a, b in box), grid.spacing, tuple(float(o) for o in origin), grid.direction)  # type: ignore[arg-type]
 
 
-def resample_image(volume: Volume, grid: Grid) -> Volume:
-    """Resample a CT onto `grid` with linear interpolation, smoothing first where it is coarser (anti-aliasing).
+def resample_image(volume: Volume, grid: Grid, method: str = "linear") -> Volume:
+    """Resample a CT onto `grid` (:attr:`~flareseg.config.PreprocessConfig.resample`): ``"linear"``, with
+    linear interpolation, smoothing first where it is coarser (anti-aliasing); ``"spline"``, as nnU-Net
+    does (:func:`_spline_resample`).
 
     The anti-aliasing Gaussian has sigma = 0.5 * sqrt(target^2 - source^2) mm along each axis that is
     more than 1.3x coarser, ITK's recursive (IIR) Gaussian, whose cost does not grow with sigma (an
@@ -222,6 +224,8 @@ def resample_image(volume: Volume, grid: Grid) -> Volume:
         GeometryError: the grids' directions differ.
     """
     scale, offset = _index_map(volume.grid, grid, "resample_image")
+    if method == "spline":
+        return _spline_resample(volume, grid, scale, offset)
     source = np.asarray(volume.spacing, dtype=float)
     sigma = anti_aliasing_sigma(source, np.asarray(grid.spacing)) / source  # voxels
     array = volume.array
@@ -232,6 +236,51 @@ def resample_image(volume: Volume, grid: Grid) -> Volume:
         else:
             array = _linear_along(array, coords, int(axis))
     return Volume.on_grid(array.astype(np.float32, copy=False), grid)
+
+
+ANISOTROPY_RATIO = 3.0
+"""nnU-Net's ``ANISO_THRESHOLD``: a scan whose largest spacing exceeds this many times its smallest is
+resampled separately along its low-resolution axis."""
+SPLINE_PAD_VOXELS = 12
+"""Edge padding before the spline prefilter (scipy's own for mode "nearest")."""
+SPLINE_REACH_VOXELS = 6
+"""Input voxels beyond a region that still change a spline-resampled value in it by more than 1e-3 of
+their own (the spline prefilter's influence shrinks by 0.27 a voxel)."""
+
+
+def low_resolution_axis(source_mm: Sequence[float], target_mm: Sequence[float]) -> int | None:
+    """The axis that ``"spline"`` resampling interpolates by nearest neighbour (nnU-Net's separate-z rule):
+    where the source spacing (else the target's) is anisotropic (largest > ANISOTROPY_RATIO x smallest),
+    its one axis of largest spacing; None where neither is anisotropic or two axes share the largest."""
+    for spacing in (np.asarray(source_mm, dtype=float), np.asarray(target_mm, dtype=float)):
+        if spacing.max() > ANISOTROPY_RATIO * spacing.min():
+            axes = np.flatnonzero(spacing == spacing.max())
+            return int(axes[0]) if len(axes) == 1 else None
+    return None
+
+
+def _spline_resample(volume: Volume, grid: Grid, scale: np.ndarray, offset: np.ndarray) -> Volume:
+    """nnU-Net's resampling of a CT (``resample_data_or_seg`` with order 3, order_z 0, no anti-aliasing):
+    third-order B-spline interpolation, edge values beyond the outermost voxels, and along the
+    :func:`low_resolution_axis` nearest neighbour instead. Target voxel i along an axis samples source
+    index ``offset + i * scale``; float32 out."""
+    array = np.asarray(volume.array, dtype=np.float32)
+    scale, offset = scale.astype(float).copy(), offset.astype(float).copy()
+    axis = low_resolution_axis(volume.spacing, grid.spacing)
+    if axis is not None:  # nearest slices first; the spline then runs at integer positions along `axis`, where it reproduces them
+        nearest = np.rint(offset[axis] + np.arange(grid.shape[axis]) * scale[axis])
+        array = np.take(array, np.clip(nearest, 0, array.shape[axis] - 1).astype(np.intp), axis=axis)
+        scale[axis], offset[axis] = 1.0, 0.0
+    # scipy's own prefilter, in float32 (its own is float64: twice the memory): the edge-padded volume's
+    # spline coefficients, the padding wide enough for the edge values to hold at the border.
+    padded = np.pad(array, SPLINE_PAD_VOXELS, mode="edge")
+    del array
+    coefficients = ndimage.spline_filter(padded, order=3, output=np.float32, mode="nearest")
+    del padded
+    out = ndimage.affine_transform(
+        coefficients, scale, offset=offset + SPLINE_PAD_VOXELS, output_shape=tuple(grid.shape), output=np.float32, order=3, mode="nearest", prefilter=False
+    )
+    return Volume.on_grid(out, grid)
 
 
 def _index_map(source: Grid, target: Grid, what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -394,9 +443,11 @@ def preprocess_case(
             raise GeometryError(f"the region {within} does not overlap the body {box}")
         grid = sub_grid(grid, region)
         reach = np.ceil(4 * anti_aliasing_sigma(canonical.spacing, grid.spacing) / np.asarray(canonical.spacing)).astype(int) + 1
+        if config.resample == "spline":
+            reach = np.maximum(reach, SPLINE_REACH_VOXELS)
         box = intersect(box, expand_box(map_box(full_box(grid.shape), grid, canonical.grid), reach, canonical.shape))
     cropped = crop(canonical, box)
-    resampled = resample_image(cropped, grid)
+    resampled = resample_image(cropped, grid, config.resample)
     array = resampled.array if fingerprint is None else normalize(resampled.array, fingerprint)
     label_array = None
     if label is not None:
