@@ -12,7 +12,9 @@ without importing nnunetv2:
   containers only; the numpy scalars nnU-Net stores in its training log are allowed by name,
   anything else (a pickled callable) is refused;
 - preprocessing maps onto flareseg's: the configuration's spacing, ``CTNormalization`` with the
-  plans' foreground intensity properties, and the patch size;
+  plans' foreground intensity properties, the patch size, and nnU-Net's resampling of the image
+  (``preprocess.resample = "spline"``: third-order spline without smoothing, nearest neighbour along
+  the thick axis of an anisotropic scan);
 - the network sees arrays in nnU-Net's axis order: a SimpleITK array (z, y, x) of the image
   reoriented to LPS (identity direction), transposed by the plans' ``transpose_forward``, each tile
   flipped along the axes the input stores in the opposite sense (``inference.orientation``
@@ -28,9 +30,11 @@ without importing nnunetv2:
   volume: ``preprocess.crop = "nonzero"``), not to the body as flareseg's own models are: the tiles
   then start where nnU-Net's start and see the air its training patches saw.
 
-Differences from nnU-Net's own predictor, all on the preprocessing side: an image whose stored axes
-are a permutation of L, P and S (a sagittal or coronal series) is shown in LPS's axis order, not in
-its stored one, and flareseg resamples linearly (nnU-Net: third-order spline). Only one fold is
+Differences from nnU-Net's own predictor: an image whose stored axes are a permutation of L, P and S
+(a sagittal or coronal series) is shown in LPS's axis order, not in its stored one; the resampled
+grid keeps the target spacing exactly (nnU-Net's covers the input's extent at the rounded shape, a
+spacing that differs by up to half a voxel over the volume); and the labels are taken at the network's
+resolution and then resampled (nnU-Net resamples the logits and takes the arg-max on the input's grid). Only one fold is
 used; the cascade configuration (which needs a low-resolution segmentation as input) is not supported.
 """
 
