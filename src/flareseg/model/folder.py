@@ -238,19 +238,27 @@ def check_finite(tensors: dict[str, Any], path: Path) -> dict[str, Any]:
     return tensors
 
 
+def load_weights(network: torch.nn.Module, folder: str | os.PathLike, *, weights: str = WEIGHTS_FILE) -> torch.nn.Module:
+    """`network` holding the folder's weights (:func:`read_weights`, loaded strictly), returned.
+
+    Raises:
+        ModelFolderError: missing, non-finite or mismatched weights.
+    """
+    state = read_weights(folder, weights=weights)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelFolderError(f"{Path(folder) / weights}: weights do not fit the network in config.json: {load_error_summary(exc)}") from None
+    return network
+
+
 def load_network(folder: str | os.PathLike, cfg: ModelConfig, device: str | torch.device = "cpu", *, weights: str = WEIGHTS_FILE) -> torch.nn.Module:
     """The network of `cfg` with the folder's weights, in eval mode on `device`.
 
     Raises:
         ModelFolderError: missing or mismatched weights.
     """
-    state = read_weights(folder, weights=weights)
-    network = build_network(cfg.network)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelFolderError(f"{Path(folder) / weights}: weights do not fit the network in config.json: {load_error_summary(exc)}") from None
-    return network.to(device).eval()
+    return load_weights(build_network(cfg.network), folder, weights=weights).to(device).eval()
 
 
 def network_structure(cfg: ModelConfig) -> str:

@@ -48,11 +48,11 @@ from torch.utils.data import DataLoader
 
 from flareseg.config import NetworkConfig
 from flareseg.data.cache import CACHE_DIRNAME, CachedCase, CaseCache
-from flareseg.errors import ConfigError, ModelFolderError, TrainingError
+from flareseg.errors import ConfigError, TrainingError
 from flareseg.io import remove_stale_temporaries
 from flareseg.io.output import check_output_folder
 from flareseg.labels import name_of
-from flareseg.model.folder import CONFIG_FILE, WEIGHTS_FILE, ModelConfig, load_error_summary, read_weights, write_model_config
+from flareseg.model.folder import CONFIG_FILE, ModelConfig, load_weights, write_model_config
 from flareseg.model.network import build_network
 from flareseg.training.augment import IMAGE_KEY, LABEL_KEY, LABELLED_KEY
 from flareseg.training.checkpoint import (
@@ -166,13 +166,7 @@ def initial_network(network_cfg: NetworkConfig, init_from: str | os.PathLike | N
     """
     torch.manual_seed(seed)
     network = build_network(network_cfg)
-    if init_from is not None:
-        state = read_weights(init_from)
-        try:
-            network.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise ModelFolderError(f"{Path(init_from) / WEIGHTS_FILE}: weights do not fit the network: {load_error_summary(exc)}") from None
-    return network
+    return network if init_from is None else load_weights(network, init_from)
 
 
 @dataclass

@@ -248,6 +248,15 @@ SPLINE_REACH_VOXELS = 6
 their own (the spline prefilter's influence shrinks by 0.27 a voxel)."""
 
 
+def resampling_reach(source_mm: Sequence[float], target_mm: Sequence[float], method: str) -> np.ndarray:
+    """(3,) input voxels beyond a region that :func:`resample_image` reads to resample it as the whole
+    volume is resampled there: 4 anti-aliasing sigmas plus the linear kernel's voxel (``"linear"``),
+    at least SPLINE_REACH_VOXELS (``"spline"``)."""
+    source = np.asarray(source_mm, dtype=float)
+    reach = np.ceil(4 * anti_aliasing_sigma(source, target_mm) / source).astype(int) + 1
+    return np.maximum(reach, SPLINE_REACH_VOXELS) if method == "spline" else reach
+
+
 def low_resolution_axis(source_mm: Sequence[float], target_mm: Sequence[float]) -> int | None:
     """The axis that ``"spline"`` resampling interpolates by nearest neighbour (nnU-Net's separate-z rule):
     where the source spacing (else the target's) is anisotropic (largest > ANISOTROPY_RATIO x smallest),
@@ -265,7 +274,7 @@ def _spline_resample(volume: Volume, grid: Grid, scale: np.ndarray, offset: np.n
     :func:`low_resolution_axis` nearest neighbour instead. Target voxel i along an axis samples source
     index ``offset + i * scale``; float32 out."""
     array = np.asarray(volume.array, dtype=np.float32)
-    scale, offset = scale.astype(float).copy(), offset.astype(float).copy()
+    scale, offset = scale.astype(float), offset.astype(float)  # copies: the nearest-slice axis is rewritten below
     axis = low_resolution_axis(volume.spacing, grid.spacing)
     if axis is not None:  # nearest slices first; the spline then runs at integer positions along `axis`, where it reproduces them
         nearest = np.rint(offset[axis] + np.arange(grid.shape[axis]) * scale[axis])
@@ -442,9 +451,7 @@ def preprocess_case(
         if is_empty(intersect(box, within)) or is_empty(region):
             raise GeometryError(f"the region {within} does not overlap the body {box}")
         grid = sub_grid(grid, region)
-        reach = np.ceil(4 * anti_aliasing_sigma(canonical.spacing, grid.spacing) / np.asarray(canonical.spacing)).astype(int) + 1
-        if config.resample == "spline":
-            reach = np.maximum(reach, SPLINE_REACH_VOXELS)
+        reach = resampling_reach(canonical.spacing, grid.spacing, config.resample)
         box = intersect(box, expand_box(map_box(full_box(grid.shape), grid, canonical.grid), reach, canonical.shape))
     cropped = crop(canonical, box)
     resampled = resample_image(cropped, grid, config.resample)
