@@ -408,3 +408,27 @@ def test_read_json_names_the_file_and_the_problem(tmp_path, content, words):
     with pytest.raises(InputError, match=words) as info:
         read_json(path)
     assert str(path) in str(info.value)
+
+
+def _mha(path, *, data: bytes | None = None, **fields):
+    """A MetaImage file of a 40 x 36 x 30 int16 CT-like volume, with header `fields` replaced (e.g. DimSize="1 2 3")."""
+    header = {
+        "ObjectType": "Image", "NDims": "3", "BinaryData": "True", "BinaryDataByteOrderMSB": "False", "DimSize": "40 36 30",
+        "ElementSpacing": "2 2 3", "Offset": "0 0 0", "TransformMatrix": "1 0 0 0 1 0 0 0 1", "ElementType": "MET_SHORT", **fields,
+    }
+    if data is None:
+        data = np.linspace(-1000, 1000, 40 * 36 * 30).astype("<i2").tobytes()
+    text = "".join(f"{key} = {value}\n" for key, value in header.items()) + "ElementDataFile = LOCAL\n"
+    path.write_bytes(text.encode() + data)
+    return path
+
+
+def test_an_mha_header_declaring_a_huge_volume_is_refused_before_reading(tmp_path):
+    """ITK's MetaImage reader allocates what the header declares: the header is checked first."""
+    import resource
+
+    path = _mha(tmp_path / "bomb.mha", DimSize="100000 100000 100000", data=b"\0" * 64)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(InputError, match=r"bomb.mha: the header declares \(100000, 100000, 100000\) = .* voxels, more than"):
+        read_image(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: nothing was allocated

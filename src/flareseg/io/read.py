@@ -60,14 +60,27 @@ def _read_volume(path: Path) -> Volume:
         raise InputError(f"{path}: the file is empty")
     if name.endswith((".nii", ".nii.gz")):
         return _read_nifti(path)
+    reader = _header(path)  # the header alone: a declared size is checked before ITK allocates it
+    dim, size, spacing, direction, origin = _header_geometry(reader)
+    _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction)
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read the image (truncated or corrupt file?): {_first_line(exc)}") from None
-    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+    if image.GetDimension() == 4:
         image = image[:, :, :, 0]
-    _check_header(path, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), image.GetSpacing(), image.GetDirection())
     return Volume.from_sitk(image)
+
+
+def _header_geometry(reader: sitk.ImageFileReader) -> tuple[int, tuple, tuple, tuple, tuple]:
+    """(dimension, size, spacing, direction, origin) of a header read by ReadImageInformation; a trailing
+    time axis of length 1 is dropped (a 3-D volume stored as 4-D)."""
+    dim, size = reader.GetDimension(), reader.GetSize()
+    spacing, direction, origin = reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin()
+    if dim == 4 and size[3] == 1:
+        dim, size, spacing, origin = 3, size[:3], spacing[:3], origin[:3]
+        direction = tuple(np.array(direction).reshape(4, 4)[:3, :3].ravel())
+    return dim, size, spacing, direction, origin
 
 
 def _read_nifti(path: Path) -> Volume:
@@ -82,11 +95,7 @@ def _read_nifti(path: Path) -> Volume:
             raise InputError(f"{path}: the header's voxel axes are not perpendicular (a sheared affine); flareseg needs an "
                              "orthogonal voxel grid: resample the image onto one first") from None
         raise InputError(f"{path}: cannot read the NIfTI header (corrupt file?): {_first_line(exc)}") from None
-    dim, size = reader.GetDimension(), reader.GetSize()
-    spacing, direction, origin = reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin()
-    if dim == 4 and size[3] == 1:  # a trailing time axis of length 1
-        dim, size, spacing, origin = 3, size[:3], spacing[:3], origin[:3]
-        direction = tuple(np.array(direction).reshape(4, 4)[:3, :3].ravel())
+    dim, size, spacing, direction, origin = _header_geometry(reader)
     _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction)
     header_size, pixdim = _nifti_raw_header(path)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
