@@ -432,3 +432,43 @@ def test_an_mha_header_declaring_a_huge_volume_is_refused_before_reading(tmp_pat
     with pytest.raises(InputError, match=r"bomb.mha: the header declares \(100000, 100000, 100000\) = .* voxels, more than"):
         read_image(path)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # kB: nothing was allocated
+
+
+def _nifti_with_sform(path, sform):
+    """A small CT-like NIfTI whose geometry is `sform` alone (qform code 0, sform code 1), stored as given."""
+    import nibabel as nib
+    import struct
+
+    image = nib.Nifti1Image(np.linspace(-1000, 1000, 8 * 8 * 6).astype(np.int16).reshape(8, 8, 6), np.diag([2.0, 2.0, 3.0, 1.0]))
+    raw = bytearray(image.to_bytes())
+    raw[252:256] = struct.pack("<hh", 0, 1)
+    raw[280:328] = np.asarray(sform, "<f4")[:3].tobytes()
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: _nifti_with_sform(p / "nan_origin.nii", [[2, 0, 0, np.nan], [0, 2, 0, 0], [0, 0, 3, 0], [0, 0, 0, 1]]),
+    lambda p: _mha(p / "far_origin.mha", Offset="0 1e30 0"),
+])
+def test_an_origin_that_is_not_finite_is_refused(tmp_path, make):
+    """A NaN origin had crashed the body crop with an IndexError; one beyond a kilometre is as damaged."""
+    path = make(tmp_path)
+    with pytest.raises(InputError, match=rf"{path.name}: the origin must be finite"):
+        read_image(path)
+
+
+def test_a_sheared_direction_matrix_is_refused_in_every_format(tmp_path):
+    """ITK refuses a sheared NIfTI itself; a MetaImage's TransformMatrix with a shear (determinant 1) was read as is."""
+    path = _mha(tmp_path / "sheared.mha", TransformMatrix="1 0 0 0.5 1 0 0 0 1")
+    with pytest.raises(InputError, match=r"sheared.mha: the direction matrix is not a rotation \(its axes must be perpendicular unit vectors\)"):
+        read_image(path)
+
+
+def test_a_negative_mha_spacing_is_an_axis_that_runs_the_other_way(tmp_path):
+    """MetaImage allows a negative spacing; ITK reads it as |spacing| along the negated axis, and so does the header check."""
+    flipped = read_image(_mha(tmp_path / "flipped.mha", ElementSpacing="2 -2 3"))
+    plain = read_image(_mha(tmp_path / "plain.mha"))
+    assert flipped.spacing == plain.spacing == (2.0, 2.0, 3.0)
+    np.testing.assert_array_equal(flipped.direction, np.diag([1.0, -1.0, 1.0]))
+    np.testing.assert_array_equal(flipped.array, plain.array)

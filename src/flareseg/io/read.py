@@ -37,6 +37,12 @@ otherwise be resampled to billions of voxels over minutes before anything failed
 MAX_COMPRESSION_RATIO = 1100
 """An upper bound of the voxels a byte of a (compressed) image file can hold."""
 
+MAX_ORIGIN_MM = 1e6
+"""The farthest an image's origin may lie from the scanner's origin (mm): a header's origin beyond a
+kilometre (or NaN) is damaged, and would turn every physical coordinate computed from it into noise."""
+DIRECTION_ATOL = 1e-2
+"""How far the direction matrix's columns may be from perpendicular unit vectors (max |D^T D - I|)."""
+
 CT_MIN_PLAUSIBLE_RANGE_HU = 200.0
 """A CT spans air to soft tissue or bone: an image whose intensity range is narrower is not HU."""
 
@@ -51,7 +57,7 @@ def _read_volume(path: Path) -> Volume:
         raise InputError(f"{path}: no such file or folder")
     if path.is_dir():
         image = _read_dicom_series(path)
-        _check_header(path, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), image.GetSpacing(), image.GetDirection())
+        _check_header(path, image.GetDimension(), image.GetSize(), image.GetNumberOfComponentsPerPixel(), image.GetSpacing(), image.GetDirection(), image.GetOrigin())
         return Volume.from_sitk(image)
     name = path.name.lower()
     if not name.endswith(IMAGE_SUFFIXES):
@@ -62,7 +68,7 @@ def _read_volume(path: Path) -> Volume:
         return _read_nifti(path)
     reader = _header(path)  # the header alone: a declared size is checked before ITK allocates it
     dim, size, spacing, direction, origin = _header_geometry(reader)
-    _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction)
+    _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction, origin)
     try:
         image = reader.Execute()
     except RuntimeError as exc:
@@ -80,6 +86,13 @@ def _header_geometry(reader: sitk.ImageFileReader) -> tuple[int, tuple, tuple, t
     if dim == 4 and size[3] == 1:
         dim, size, spacing, origin = 3, size[:3], spacing[:3], origin[:3]
         direction = tuple(np.array(direction).reshape(4, 4)[:3, :3].ravel())
+    if len(spacing) == len(direction) ** 0.5 and any(s < 0 for s in spacing):
+        # As ITK's reader does when it reads the voxels: a negative spacing (MetaImage allows it) is an axis
+        # that runs the other way, the same grid as |spacing| with that direction column negated.
+        n = len(spacing)
+        signs = np.where(np.asarray(spacing) < 0, -1.0, 1.0)
+        spacing = tuple(abs(s) for s in spacing)
+        direction = tuple((np.array(direction, dtype=float).reshape(n, n) * signs).ravel())
     return dim, size, spacing, direction, origin
 
 
@@ -96,7 +109,7 @@ def _read_nifti(path: Path) -> Volume:
                              "orthogonal voxel grid: resample the image onto one first") from None
         raise InputError(f"{path}: cannot read the NIfTI header (corrupt file?): {_first_line(exc)}") from None
     dim, size, spacing, direction, origin = _header_geometry(reader)
-    _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction)
+    _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction, origin)
     header_size, pixdim = _nifti_raw_header(path)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
         raise InputError(f"{path}: voxel spacing is missing or not positive in the header (pixdim {tuple(pixdim.tolist())})")
@@ -303,8 +316,8 @@ def check_declared_size(path: Path, size: Sequence[int]) -> None:
             )
 
 
-def _check_header(path: Path, dimension: int, size, components: int, spacing, direction) -> None:
-    """Validate a header before any voxel is read (dimension, size, spacing, direction, declared bytes)."""
+def _check_header(path: Path, dimension: int, size, components: int, spacing, direction, origin) -> None:
+    """Validate a header before any voxel is read (dimension, size, spacing, origin, direction, declared bytes)."""
     if dimension != 3:
         raise InputError(f"{path}: expected a 3-D volume, got a {dimension}-D image of size {tuple(size)}")
     if components != 1:
@@ -319,9 +332,13 @@ def _check_header(path: Path, dimension: int, size, components: int, spacing, di
             f"{path}: the volume spans {' x '.join(f'{e:,.0f}' for e in extent)} mm ({tuple(int(s) for s in size)} voxels of "
             f"{' x '.join(f'{s:g}' for s in spacing)} mm); a CT spans at most ~2,000 mm: is the spacing in the header in mm?"
         )
+    origin = np.array(origin, dtype=float)
+    if not np.all(np.isfinite(origin)) or np.any(np.abs(origin) > MAX_ORIGIN_MM):
+        raise InputError(f"{path}: the origin must be finite and within {MAX_ORIGIN_MM:,.0f} mm of the scanner's centre, got {tuple(origin.tolist())}")
     direction = np.array(direction, dtype=float).reshape(3, 3)
-    if not np.all(np.isfinite(direction)) or abs(abs(np.linalg.det(direction)) - 1) > 1e-2:
-        raise InputError(f"{path}: the direction matrix is not a rotation: {direction.round(4).tolist()}")
+    # Unit axes at right angles: a shear (|det| may still be 1) or a rescaled axis would misplace every voxel.
+    if not np.all(np.isfinite(direction)) or np.abs(direction.T @ direction - np.eye(3)).max() > DIRECTION_ATOL:
+        raise InputError(f"{path}: the direction matrix is not a rotation (its axes must be perpendicular unit vectors): {direction.round(4).tolist()}")
 
 
 def read_image(path: str | os.PathLike, *, check_ct: bool = True) -> Volume:
