@@ -472,3 +472,43 @@ def test_a_negative_mha_spacing_is_an_axis_that_runs_the_other_way(tmp_path):
     assert flipped.spacing == plain.spacing == (2.0, 2.0, 3.0)
     np.testing.assert_array_equal(flipped.direction, np.diag([1.0, -1.0, 1.0]))
     np.testing.assert_array_equal(flipped.array, plain.array)
+
+
+def _patched_nifti(path, edits, array=None):
+    """A small CT-like NIfTI-1 file with the raw header bytes `edits` [(offset, struct format, values)] written over."""
+    import gzip
+    import struct
+
+    import nibabel as nib
+
+    array = np.linspace(-1000, 1000, 8 * 8 * 6).astype(np.int16).reshape(8, 8, 6) if array is None else array
+    raw = bytearray(nib.Nifti1Image(array, np.diag([2.0, 2.0, 3.0, 1.0])).to_bytes())
+    for offset, fmt, values in edits:
+        raw[offset : offset + struct.calcsize(fmt)] = struct.pack(fmt, *values)
+    path.write_bytes(gzip.compress(bytes(raw)) if path.name.endswith(".gz") else bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    # dim[2] = 0: ITK reads the header as 8 x 1 x 6, nibabel as 8 x 0 x 6 (had ended in a reshape ValueError)
+    (lambda p: _patched_nifti(p / "zerodim.nii.gz", [(44, "<h", (0,))]), r"zerodim.nii.gz: the volume is empty \(size \(8, 0, 6\)\)"),
+    # a valid slope with a NaN intercept (had ended in nibabel's HeaderDataError, an internal error)
+    (lambda p: _patched_nifti(p / "nan_inter.nii.gz", [(112, "<ff", (1.0, float("nan")))]), r"nan_inter.nii.gz: the header's intensity scaling is invalid: .*intercept nan"),
+    # the header alone, no voxel data (nibabel's message spans two lines)
+    (lambda p: p.joinpath("header_only.nii").write_bytes(_patched_nifti(p / "full.nii", []).read_bytes()[:352]) and p / "header_only.nii",
+     r"header_only.nii: cannot read the voxel data \(truncated or corrupt file\?\): Expected 768 bytes, got 0 bytes .* - could the file be damaged\?$"),
+])
+def test_a_damaged_nifti_header_is_named_on_one_line(tmp_path, make, message):
+    path = make(tmp_path)
+    with pytest.raises(InputError, match=message) as info:
+        read_image(path)
+    assert "\n" not in str(info.value)
+
+
+def test_a_nifti2_file_is_named_as_such(tmp_path):
+    """SimpleITK does not read NIfTI-2: the file was called corrupt."""
+    import nibabel as nib
+
+    nib.save(nib.Nifti2Image(np.full((8, 8, 6), -1000, np.int16), np.eye(4)), tmp_path / "two.nii.gz")
+    with pytest.raises(InputError, match=r"two.nii.gz: a NIfTI-2 file, which flareseg's reader \(ITK\) does not read; save it as NIfTI-1"):
+        read_image(tmp_path / "two.nii.gz")

@@ -107,24 +107,42 @@ def _read_nifti(path: Path) -> Volume:
         if "orthonormal" in str(exc):
             raise InputError(f"{path}: the header's voxel axes are not perpendicular (a sheared affine); flareseg needs an "
                              "orthogonal voxel grid: resample the image onto one first") from None
+        if _nifti_raw_header(path)[0] == 540:  # raises, naming the problem, for a file that is not NIfTI at all
+            raise InputError(f"{path}: a NIfTI-2 file, which flareseg's reader (ITK) does not read; save it as NIfTI-1 "
+                             "(nibabel: nib.save(nib.Nifti1Image.from_image(nib.load(path)), 'ct.nii.gz'))") from None
         raise InputError(f"{path}: cannot read the NIfTI header (corrupt file?): {_first_line(exc)}") from None
     dim, size, spacing, direction, origin = _header_geometry(reader)
     _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction, origin)
-    header_size, pixdim = _nifti_raw_header(path)
+    _, pixdim = _nifti_raw_header(path)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
         raise InputError(f"{path}: voxel spacing is missing or not positive in the header (pixdim {tuple(pixdim.tolist())})")
     open_gzip, gzip_errors = _gzip_reader()
+    from nibabel.spatialimages import HeaderDataError
+
     try:
         if path.name.lower().endswith(".gz"):
             with open_gzip(path) as fh:  # nibabel's own reader is Python's gzip
-                image = (nib.Nifti2Image if header_size == 540 else nib.Nifti1Image).from_stream(fh)
+                image = nib.Nifti1Image.from_stream(fh)
+                _check_nibabel_shape(path, image.shape, size)
                 array = np.asanyarray(image.dataobj)
         else:
-            array = np.asanyarray(nib.load(str(path)).dataobj)
+            image = nib.load(str(path))
+            _check_nibabel_shape(path, image.shape, size)
+            array = np.asanyarray(image.dataobj)
+    except HeaderDataError as exc:  # e.g. a NaN intercept (scl_inter) beside a valid slope
+        raise InputError(f"{path}: the header's intensity scaling is invalid: {_one_line(exc)}") from None
     except (EOFError, OSError, ValueError, zlib.error, *gzip_errors) as exc:
-        raise InputError(f"{path}: cannot read the voxel data (truncated or corrupt file?): {exc}") from None
+        raise InputError(f"{path}: cannot read the voxel data (truncated or corrupt file?): {_one_line(exc)}") from None
     array = np.asarray(array.reshape(tuple(size)))
     return Volume(array, tuple(float(s) for s in spacing), tuple(float(o) for o in origin), np.array(direction, dtype=float).reshape(3, 3))
+
+
+def _check_nibabel_shape(path: Path, shape: Sequence[int], size: Sequence[int]) -> None:
+    """The voxel shape nibabel reads must be the size ITK's header gave (ITK reads a zero dimension as 1)."""
+    check_declared_size(path, shape)
+    kept = tuple(int(s) for s in shape[:3]) + tuple(int(s) for s in shape[3:] if int(s) != 1)
+    if kept != tuple(int(s) for s in size):
+        raise InputError(f"{path}: the header's dimensions {tuple(int(s) for s in shape)} do not describe a {'x'.join(str(int(s)) for s in size)} volume (corrupt header?)")
 
 
 def _gzip_reader() -> tuple[Any, tuple[type[Exception], ...]]:
@@ -291,6 +309,11 @@ def _files_left_out(folder: Path, files: Sequence[str]) -> str:
         return ""
     shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
     return f"; {len(others)} file(s) of the folder are not part of the series (unreadable, or another series): {shown}"
+
+
+def _one_line(exc: Exception) -> str:
+    """`exc`'s message on one line (nibabel's span two: "... - could the file be damaged?")."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _first_line(exc: Exception) -> str:
