@@ -512,3 +512,23 @@ def test_a_nifti2_file_is_named_as_such(tmp_path):
     nib.save(nib.Nifti2Image(np.full((8, 8, 6), -1000, np.int16), np.eye(4)), tmp_path / "two.nii.gz")
     with pytest.raises(InputError, match=r"two.nii.gz: a NIfTI-2 file, which flareseg's reader \(ITK\) does not read; save it as NIfTI-1"):
         read_image(tmp_path / "two.nii.gz")
+
+
+@pytest.mark.real
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda ds: setattr(ds, "PixelSpacing", [0, 0]), r"has pixel spacing \(0.0, 0.0\); it must be two positive numbers"),
+        (lambda ds: setattr(ds, "PixelSpacing", [-0.8, 0.8]), r"has pixel spacing \(-0.8, 0.8\); it must be two positive numbers"),
+        (lambda ds: setattr(ds, "ImageOrientationPatient", [0, 0, 0, 0, 0, 0]), r"has image orientation \(0.0, .*\); it must be two perpendicular unit vectors"),
+        (lambda ds: setattr(ds, "ImageOrientationPatient", [1, 0, 0, 1, 0, 0]), r"has image orientation \(1.0, 0.0, 0.0, 1.0, .*\); it must be two perpendicular"),
+    ],
+)
+def test_a_series_with_impossible_slice_geometry_is_refused(real_data, tmp_path, edit, message):
+    """GDCM read a zero or negative pixel spacing silently (a prediction at a made-up scale); a degenerate
+    orientation was reported as two slices at one position."""
+    from conftest import edited_dicom_copy
+
+    out = edited_dicom_copy(real_data, tmp_path / "series", edit)
+    with pytest.raises(InputError, match=rf"{out}: slice \d.dcm " + message):
+        read_image(out)

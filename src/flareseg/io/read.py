@@ -214,7 +214,8 @@ def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
     """Check a series from its slice headers before its voxels are read.
 
     Refused with a message naming the folder: a modality other than CT, a volume over
-    :data:`MAX_VOXELS`, an unreadable slice header, a slice whose size, orientation or pixel spacing
+    :data:`MAX_VOXELS`, an unreadable slice header, a first slice whose pixel spacing is not positive or
+    whose orientation is not two perpendicular unit vectors, a slice whose size, orientation or pixel spacing
     differs from the first slice's or that lacks the position the others have (the series reader takes
     the first slice's geometry for all and would misplace it), two slices at one position, and slices
     whose spacing is not uniform (a missing slice: the series reader would assume uniform spacing and
@@ -237,6 +238,7 @@ def _check_dicom_slices(folder: Path, files: Sequence[str]) -> None:
                 raise InputError(f"{folder}: {len(files)} slices of {columns} x {rows} voxels: more than the {MAX_VOXELS:,} flareseg reads")
         geometry = _slice_geometry(folder, name, reader)
         if first is None:
+            _check_slice_geometry(folder, name, geometry)
             first = geometry
             if geometry["orientation"] is not None and len(geometry["orientation"]) == 6:
                 row, col = np.reshape(geometry["orientation"], (2, 3))
@@ -285,6 +287,18 @@ def _slice_geometry(folder: Path, name: str, reader: sitk.ImageFileReader) -> di
         "orientation": _tag_numbers(folder, name, reader, "0020|0037", "orientation"),
         "pixel spacing": _tag_numbers(folder, name, reader, "0028|0030", "pixel spacing"),
     }
+
+
+def _check_slice_geometry(folder: Path, name: str, geometry: dict[str, Any]) -> None:
+    """Refuse a slice whose pixel spacing is not two positive numbers (GDCM reads 0 as 1 mm) or whose
+    orientation is not two perpendicular unit vectors (all zeros, say: every slice would fall on one plane)."""
+    spacing, orientation = geometry["pixel spacing"], geometry["orientation"]
+    if spacing is not None and (len(spacing) != 2 or not all(np.isfinite(spacing)) or min(spacing) <= 0):
+        raise InputError(f"{folder}: slice {Path(name).name} has pixel spacing {spacing}; it must be two positive numbers (mm)")
+    if orientation is not None:
+        axes = np.reshape(orientation, (2, 3)) if len(orientation) == 6 else None
+        if axes is None or not np.all(np.isfinite(axes)) or np.abs(axes @ axes.T - np.eye(2)).max() > DIRECTION_ATOL:
+            raise InputError(f"{folder}: slice {Path(name).name} has image orientation {orientation}; it must be two perpendicular unit vectors")
 
 
 def _check_same_geometry(folder: Path, name: str, geometry: dict[str, Any], first: dict[str, Any], first_name: str) -> None:
