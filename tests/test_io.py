@@ -532,3 +532,34 @@ def test_a_series_with_impossible_slice_geometry_is_refused(real_data, tmp_path,
     out = edited_dicom_copy(real_data, tmp_path / "series", edit)
     with pytest.raises(InputError, match=rf"{out}: slice \d.dcm " + message):
         read_image(out)
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("which", [0, 2])
+def test_a_corrupt_first_or_last_slice_is_named_not_left_out(real_data, tmp_path, which):
+    """GDCM leaves an unreadable slice out of the series; at either end of it no gap betrays it, and the volume
+    was read one slice short without a word."""
+    from conftest import edited_dicom_copy
+
+    out = edited_dicom_copy(real_data, tmp_path / "series", lambda ds: None)
+    victim = sorted(out.iterdir(), key=lambda p: float(__import__("pydicom").dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]))[which]
+    victim.write_bytes(victim.read_bytes()[:200_000])  # cut inside the pixel data
+    with pytest.raises(InputError, match=rf"{out}: 1 DICOM image file\(s\) cannot be read \(truncated or corrupt\?\) .*: {victim.name}; restore or remove them"):
+        read_image(out)
+
+
+@pytest.mark.real
+def test_dicom_files_without_pixels_beside_a_series_are_ignored_by_name(real_data, tmp_path, caplog):
+    import pydicom
+    from conftest import edited_dicom_copy
+
+    out = edited_dicom_copy(real_data, tmp_path / "series", lambda ds: None)
+    report = pydicom.dcmread(next(out.iterdir()))
+    del report.PixelData
+    report.Modality, report.SeriesInstanceUID, report.SOPInstanceUID = "SR", "1.2.3.4.5", "1.2.3.4.5.1"
+    report.save_as(out / "dose_report.dcm")
+    (out / "notes.txt").write_text("not DICOM")
+    with caplog.at_level("WARNING", logger="flareseg.io.read"):
+        volume = read_image(out)
+    assert volume.shape[2] == 3
+    assert "ignoring 1 DICOM file(s) that are in no image series (no pixel data, or unreadable): dose_report.dcm" in caplog.text

@@ -198,12 +198,44 @@ def dicom_series_files(folder: Path) -> list[str]:
 def _read_dicom_series(folder: Path) -> sitk.Image:
     files = dicom_series_files(folder)
     _check_dicom_slices(folder, files)
+    _check_no_unreadable_images(folder)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         return reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"{folder}: cannot read the DICOM series: {_first_line(exc)}") from None
+
+
+_DICOM_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
+"""Pixel Data (7FE0,0010) as little-endian DICOM stores it."""
+
+
+def _check_no_unreadable_images(folder: Path) -> None:
+    """Refuse a folder holding a DICOM image (preamble ``DICM``, a Pixel Data element) that GDCM placed in
+    no series: a truncated or corrupt slice, left out of the volume silently where no gap betrays it (a
+    first or last slice, or a series too short for the spacing check). DICOM files without pixel data
+    (a DICOMDIR, a dose report, a slice cut before its pixels) are ignored with a warning naming them."""
+    in_series = {Path(f).name for s in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+                 for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)}
+    images, others = [], []
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name not in in_series):
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(132)
+                if head[128:132] != b"DICM":
+                    continue
+                body = fh.read()
+        except OSError as exc:
+            raise InputError(f"{folder}: cannot read {path.name}: {exc.strerror or exc}") from None
+        (images if _DICOM_PIXEL_DATA_TAG in body else others).append(path.name)
+    if images:
+        shown = ", ".join(images[:3]) + (f" and {len(images) - 3} more" if len(images) > 3 else "")
+        raise InputError(f"{folder}: {len(images)} DICOM image file(s) cannot be read (truncated or corrupt?) and would be "
+                         f"left out of the volume: {shown}; restore or remove them")
+    if others:
+        log.warning("%s: ignoring %d DICOM file(s) that are in no image series (no pixel data, or unreadable): %s",
+                    folder, len(others), ", ".join(others[:3]) + (" ..." if len(others) > 3 else ""))
 
 
 def _dicom_tag(reader: sitk.ImageFileReader, tag: str) -> str | None:
