@@ -390,3 +390,23 @@ def test_cli_prints_the_headline_last(folders, capsys):
     printed = capsys.readouterr().out.rstrip("\n").splitlines()
     assert printed[-2].startswith("organ DSC ") and printed[-1].startswith("lesion DSC ")
     assert "sensitivity 3/3" in printed[-1]
+
+
+def test_a_reference_with_a_nan_spacing_is_an_input_error_exit_2(tmp_path, capsys):
+    """NaN zooms (pixdim) in the reference had ended in metrics' ValueError: an internal error, exit code 1."""
+    import struct
+
+    from flareseg.cli import main
+
+    gt, pr = _case(0)
+    _save(tmp_path / "pred" / "a.nii", pr)
+    ref = _save(tmp_path / "ref" / "a.nii", gt)
+    raw = bytearray(ref.read_bytes())
+    raw[80:84] = struct.pack("<f", float("nan"))  # pixdim[1]
+    raw[252:256] = struct.pack("<hh", 0, 0)  # no qform or sform: the affine comes from pixdim alone
+    ref.write_bytes(bytes(raw))
+    code = main(["-q", "evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"{ref}: the reference's voxel spacing (header zooms) must be positive and finite, got (nan, " in err[0]
+    assert not (tmp_path / "out" / "summary.json").exists()

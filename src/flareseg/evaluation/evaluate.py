@@ -213,10 +213,12 @@ def read_case_pair(
         ``(reference, prediction, spacing)``: two (I, J, K) int8 label maps and the reference's zooms (mm).
 
     Raises:
-        InputError: a file is unreadable.
+        InputError: a file is unreadable, or the reference's spacing is not positive and finite.
         GeometryError: the two label maps differ in shape; the message names both files.
     """
     ref, spacing, ref_affine = read_label_array(ref_path)
+    if not all(np.isfinite(spacing)) or min(spacing) <= 0:  # the NSD distances are in these units
+        raise InputError(f"{ref_path}: the reference's voxel spacing (header zooms) must be positive and finite, got {spacing}")
     if pred_path is None:
         return ref, np.zeros_like(ref), spacing
     pred, _, pred_affine = read_label_array(pred_path)
