@@ -236,3 +236,14 @@ def test_invalid_inference_section_is_a_model_folder_error(tmp_path, section, me
     (tmp_path / CONFIG_FILE).write_text(json.dumps(data))
     with pytest.raises(ModelFolderError, match=message):
         read_model_config(tmp_path)
+
+
+@pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"", lambda b: b"\xff" * 1000])
+def test_a_damaged_weights_file_is_named_as_such_not_as_a_mismatch(tmp_path, damage):
+    """A truncated, empty or foreign weights file had been reported as weights that "do not fit the network"."""
+    cfg = _model_config()
+    write_model_config(tmp_path, cfg)
+    save_tensors(build_network(cfg.network).state_dict(), tmp_path / WEIGHTS_FILE)
+    (tmp_path / WEIGHTS_FILE).write_bytes(damage((tmp_path / WEIGHTS_FILE).read_bytes()))
+    with pytest.raises(ModelFolderError, match=rf"{WEIGHTS_FILE}: not a readable safetensors weights file \(truncated or corrupt\?\): \S"):
+        load_model(tmp_path)

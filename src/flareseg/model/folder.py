@@ -212,8 +212,8 @@ def read_weights(folder: str | os.PathLike, *, weights: str = WEIGHTS_FILE) -> d
     path = weights_path(folder, weights=weights)
     try:
         tensors = load_file(str(path))
-    except (OSError, SafetensorError) as exc:
-        raise ModelFolderError(f"{path}: weights do not fit the network in config.json: {load_error_summary(exc)}") from None
+    except (OSError, SafetensorError) as exc:  # the file itself, before any tensor meets the network
+        raise ModelFolderError(f"{path}: not a readable safetensors weights file (truncated or corrupt?): {load_error_summary(exc)}") from None
     return check_finite(tensors, path)
 
 
