@@ -563,3 +563,11 @@ def test_dicom_files_without_pixels_beside_a_series_are_ignored_by_name(real_dat
         volume = read_image(out)
     assert volume.shape[2] == 3
     assert "ignoring 1 DICOM file(s) that are in no image series (no pixel data, or unreadable): dose_report.dcm" in caplog.text
+
+
+@pytest.mark.parametrize("spacing", ["0.0008 0.0008 0.002", "2 1e-30 3"])
+def test_a_header_spacing_below_a_hundredth_of_a_millimetre_is_refused(tmp_path, spacing):
+    """Spacing in metres (or a damaged header) had been read and segmented as a scan a few millimetres across."""
+    path = _mha(tmp_path / "metres.mha", ElementSpacing=spacing)
+    with pytest.raises(InputError, match=r"metres.mha: voxel spacing .* mm is below 0.01 mm along an axis; .* in mm \(not metres\)\?"):
+        read_image(path)

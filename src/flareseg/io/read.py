@@ -34,6 +34,9 @@ MAX_EXTENT_MM = 3000.0
 """The largest extent (mm) along any axis of an image read: a whole-body CT spans ~2,000 mm along the
 table and at most ~780 mm across. A header whose spacing is in micrometres, or simply wrong, would
 otherwise be resampled to billions of voxels over minutes before anything failed."""
+MIN_SPACING_MM = 0.01
+"""The smallest voxel spacing (mm) read: CT voxels are 0.2 mm and more; a header whose spacing is in
+metres (0.0008 for 0.8 mm) would make the scan a millimetre across, resampled to a voxel or two."""
 MAX_COMPRESSION_RATIO = 1100
 """An upper bound of the voxels a byte of a (compressed) image file can hold."""
 
@@ -395,6 +398,9 @@ def _check_header(path: Path, dimension: int, size, components: int, spacing, di
     spacing = np.array(spacing, dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
         raise InputError(f"{path}: voxel spacing must be positive and finite, got {tuple(spacing)}")
+    if np.any(spacing < MIN_SPACING_MM):
+        raise InputError(f"{path}: voxel spacing {' x '.join(f'{s:g}' for s in spacing)} mm is below {MIN_SPACING_MM:g} mm "
+                         "along an axis; a CT voxel is 0.2 mm or more: is the spacing in the header in mm (not metres)?")
     extent = spacing * np.array([int(s) for s in size], dtype=float)
     if np.any(extent > MAX_EXTENT_MM):
         raise InputError(
