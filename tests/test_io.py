@@ -448,14 +448,24 @@ def _nifti_with_sform(path, sform):
 
 
 @pytest.mark.parametrize("make", [
-    lambda p: _nifti_with_sform(p / "nan_origin.nii", [[2, 0, 0, np.nan], [0, 2, 0, 0], [0, 0, 3, 0], [0, 0, 0, 1]]),
     lambda p: _mha(p / "far_origin.mha", Offset="0 1e30 0"),
 ])
-def test_an_origin_that_is_not_finite_is_refused(tmp_path, make):
-    """A NaN origin had crashed the body crop with an IndexError; one beyond a kilometre is as damaged."""
+def test_an_origin_beyond_a_kilometre_is_refused(tmp_path, make):
     path = make(tmp_path)
-    with pytest.raises(InputError, match=rf"{path.name}: the origin must be finite"):
+    with pytest.raises(InputError, match=rf"{path.name}: the origin must be finite and within 1,000,000 mm"):
         read_image(path)
+
+
+@pytest.mark.parametrize("sform", [
+    [[2, 0, 0, np.nan], [0, 2, 0, 0], [0, 0, 3, 0], [0, 0, 0, 1]],  # a NaN origin had crashed the body crop with an IndexError
+    [[np.nan, 0, 0, 0], [0, 2, 0, 0], [0, 0, 3, 0], [0, 0, 0, 1]],
+])
+def test_a_nifti_orientation_holding_nan_is_refused_before_itk_reads_it(tmp_path, capfd, sform):
+    """ITK's matrix code printed a page of NaN matrices to stderr before the error line."""
+    path = _nifti_with_sform(tmp_path / "nan_sform.nii", sform)
+    with pytest.raises(InputError, match=r"nan_sform.nii: the header's orientation \(qform/sform\) holds NaN or infinity"):
+        read_image(path)
+    assert capfd.readouterr().err == ""
 
 
 def test_a_sheared_direction_matrix_is_refused_in_every_format(tmp_path):

@@ -102,6 +102,12 @@ def _header_geometry(reader: sitk.ImageFileReader) -> tuple[int, tuple, tuple, t
 def _read_nifti(path: Path) -> Volume:
     import nibabel as nib
 
+    header_size, pixdim, affine = _nifti_raw_header(path)  # raises, naming the problem, for a file that is not NIfTI
+    if header_size == 540:
+        raise InputError(f"{path}: a NIfTI-2 file, which flareseg's reader (ITK) does not read; save it as NIfTI-1 "
+                         "(nibabel: nib.save(nib.Nifti1Image.from_image(nib.load(path)), 'ct.nii.gz'))")
+    if not np.all(np.isfinite(affine)):  # before ITK, whose matrix code prints pages of NaN to stderr
+        raise InputError(f"{path}: the header's orientation (qform/sform) holds NaN or infinity: {affine.round(4).tolist()}")
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -110,13 +116,9 @@ def _read_nifti(path: Path) -> Volume:
         if "orthonormal" in str(exc):
             raise InputError(f"{path}: the header's voxel axes are not perpendicular (a sheared affine); flareseg needs an "
                              "orthogonal voxel grid: resample the image onto one first") from None
-        if _nifti_raw_header(path)[0] == 540:  # raises, naming the problem, for a file that is not NIfTI at all
-            raise InputError(f"{path}: a NIfTI-2 file, which flareseg's reader (ITK) does not read; save it as NIfTI-1 "
-                             "(nibabel: nib.save(nib.Nifti1Image.from_image(nib.load(path)), 'ct.nii.gz'))") from None
         raise InputError(f"{path}: cannot read the NIfTI header (corrupt file?): {_first_line(exc)}") from None
     dim, size, spacing, direction, origin = _header_geometry(reader)
     _check_header(path, dim, size, reader.GetNumberOfComponents(), spacing, direction, origin)
-    _, pixdim = _nifti_raw_header(path)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim <= 0):
         raise InputError(f"{path}: voxel spacing is missing or not positive in the header (pixdim {tuple(pixdim.tolist())})")
     open_gzip, gzip_errors = _gzip_reader()
@@ -158,8 +160,10 @@ def _gzip_reader() -> tuple[Any, tuple[type[Exception], ...]]:
     return (lambda path: igzip.open(path, "rb")), (isal_zlib.error,)
 
 
-def _nifti_raw_header(path: Path) -> tuple[int, np.ndarray]:
-    """(header size: 348 for NIfTI-1, 540 for NIfTI-2; pixdim[1:4] exactly as stored: nibabel and ITK silently replace 0 by 1)."""
+def _nifti_raw_header(path: Path) -> tuple[int, np.ndarray, np.ndarray]:
+    """(header size: 348 for NIfTI-1, 540 for NIfTI-2; pixdim[1:4] exactly as stored: nibabel and ITK silently
+    replace 0 by 1; the numbers of the NIfTI-1 orientation in use: quaternion and offset where qform_code > 0,
+    srow_x/y/z where sform_code > 0; none for NIfTI-2)."""
     open_gzip, gzip_errors = _gzip_reader()
     opener = open_gzip if path.name.lower().endswith(".gz") else (lambda p: open(p, "rb"))
     try:
@@ -167,12 +171,19 @@ def _nifti_raw_header(path: Path) -> tuple[int, np.ndarray]:
             header = fh.read(540)
     except (OSError, EOFError, *gzip_errors) as exc:
         raise InputError(f"{path}: cannot read the NIfTI header: {exc}") from None
+    if len(header) < 348:
+        raise InputError(f"{path}: not a NIfTI file (a {len(header)}-byte header; NIfTI-1's has 348)")
     for order in "<>":
         size = int(np.frombuffer(header[:4], dtype=f"{order}i4")[0])
         if size == 348:
-            return size, np.frombuffer(header[76:108], dtype=f"{order}f4")[1:4].astype(float)
+            qform_code, sform_code = np.frombuffer(header[252:256], dtype=f"{order}i2")
+            affine = np.concatenate([
+                np.frombuffer(header[256:280], dtype=f"{order}f4") if qform_code > 0 else [],
+                np.frombuffer(header[280:328], dtype=f"{order}f4") if sform_code > 0 else [],
+            ]).astype(float)
+            return size, np.frombuffer(header[76:108], dtype=f"{order}f4")[1:4].astype(float), affine
         if size == 540:
-            return size, np.frombuffer(header[104:168], dtype=f"{order}f8")[1:4].astype(float)
+            return size, np.frombuffer(header[104:168], dtype=f"{order}f8")[1:4].astype(float), np.zeros(0)
     raise InputError(f"{path}: not a NIfTI file (bad header size)")
 
 
