@@ -10,6 +10,7 @@ import pytest
 from flareseg.io import Volume, read_image, write_volume
 
 from conftest import phantom_ct
+from test_io import _mha, _nifti_with_sform, _patched_nifti
 from test_pipeline import write_random_model
 
 
@@ -47,7 +48,23 @@ def _bad_inputs(tmp_path):
         "truncated": truncated,
         "missing": tmp_path / "missing.nii.gz",
         "empty folder": empty_dir,
+        # headers that are damaged in ways ITK or nibabel pass on (tests/test_io.py has each message)
+        "MHA declaring 10^15 voxels": _mha(tmp_path / "bomb.mha", DimSize="100000 100000 100000", data=b"\0" * 64),
+        "sheared MHA": _mha(tmp_path / "sheared.mha", TransformMatrix="1 0 0 0.5 1 0 0 0 1"),
+        "origin beyond 1 km": _mha(tmp_path / "far.mha", Offset="0 1e30 0"),
+        "spacing in metres": _mha(tmp_path / "metres.mha", ElementSpacing="0.0008 0.0008 0.002"),
+        "NaN origin": _nifti_with_sform(tmp_path / "nan_origin.nii", [[2, 0, 0, np.nan], [0, 2, 0, 0], [0, 0, 3, 0], [0, 0, 0, 1]]),
+        "zero dimension": _patched_nifti(tmp_path / "zerodim.nii.gz", [(44, "<h", (0,))]),
+        "NaN intercept": _patched_nifti(tmp_path / "nan_inter.nii.gz", [(112, "<ff", (1.0, float("nan")))]),
+        "NIfTI-2": _nifti2(tmp_path / "two.nii.gz"),
     }
+
+
+def _nifti2(path):
+    import nibabel as nib
+
+    nib.save(nib.Nifti2Image(np.linspace(-1000, 1000, 8 * 8 * 6).astype(np.int16).reshape(8, 8, 6), np.eye(4)), str(path))
+    return path
 
 
 def test_predict_bad_inputs_exit_2_with_one_line(models, tmp_path, capsys):
