@@ -501,7 +501,8 @@ def _patched_nifti(path, edits, array=None):
 
 @pytest.mark.parametrize("make, message", [
     # dim[2] = 0: ITK reads the header as 8 x 1 x 6, nibabel as 8 x 0 x 6 (had ended in a reshape ValueError)
-    (lambda p: _patched_nifti(p / "zerodim.nii.gz", [(44, "<h", (0,))]), r"zerodim.nii.gz: the volume is empty \(size \(8, 0, 6\)\)"),
+    (lambda p: _patched_nifti(p / "zerodim.nii.gz", [(44, "<h", (0,))]), r"zerodim.nii.gz: the volume is empty \(size \(8, 0, 6\)\)$"),
+    (lambda p: _patched_nifti(p / "negdim.nii.gz", [(44, "<h", (-8,))]), r"negdim.nii.gz: the volume is empty \(size \(8, -8, 6\)\)$"),
     # a valid slope with a NaN intercept (had ended in nibabel's HeaderDataError, an internal error)
     (lambda p: _patched_nifti(p / "nan_inter.nii.gz", [(112, "<ff", (1.0, float("nan")))]), r"nan_inter.nii.gz: the header's intensity scaling is invalid: .*intercept nan"),
     # the header alone, no voxel data (nibabel's message spans two lines)
@@ -512,7 +513,7 @@ def test_a_damaged_nifti_header_is_named_on_one_line(tmp_path, make, message):
     path = make(tmp_path)
     with pytest.raises(InputError, match=message) as info:
         read_image(path)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and str(info.value).count(path.name) == 1 + ("from " in str(info.value))
 
 
 def test_a_nifti2_file_is_named_as_such(tmp_path):

@@ -134,6 +134,8 @@ def _read_nifti(path: Path) -> Volume:
             image = nib.load(str(path))
             _check_nibabel_shape(path, image.shape, size)
             array = np.asanyarray(image.dataobj)
+    except InputError:  # a ValueError too: the shape check's own message
+        raise
     except HeaderDataError as exc:  # e.g. a NaN intercept (scl_inter) beside a valid slope
         raise InputError(f"{path}: the header's intensity scaling is invalid: {_one_line(exc)}") from None
     except (EOFError, OSError, ValueError, zlib.error, *gzip_errors) as exc:
@@ -408,7 +410,7 @@ def _check_header(path: Path, dimension: int, size, components: int, spacing, di
     check_declared_size(path, size)
     spacing = np.array(spacing, dtype=float)
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
-        raise InputError(f"{path}: voxel spacing must be positive and finite, got {tuple(spacing)}")
+        raise InputError(f"{path}: voxel spacing must be positive and finite, got {tuple(spacing.tolist())}")
     if np.any(spacing < MIN_SPACING_MM):
         raise InputError(f"{path}: voxel spacing {' x '.join(f'{s:g}' for s in spacing)} mm is below {MIN_SPACING_MM:g} mm "
                          "along an axis; a CT voxel is 0.2 mm or more: is the spacing in the header in mm (not metres)?")
