@@ -516,6 +516,14 @@ def test_a_damaged_nifti_header_is_named_on_one_line(tmp_path, make, message):
     assert "\n" not in str(info.value) and str(info.value).count(path.name) == 1 + ("from " in str(info.value))
 
 
+def test_an_unknown_nifti_datatype_is_named_before_itk_reads_it(tmp_path, capfd):
+    """ITK's NIfTI library printed '** ERROR: nifti_convert_nhdr2nim: bad datatype' to stderr above the error line."""
+    path = _patched_nifti(tmp_path / "dtype.nii.gz", [(70, "<h", (9999,))])
+    with pytest.raises(InputError, match=r"dtype.nii.gz: unknown NIfTI datatype code 9999 in the header"):
+        read_image(path)
+    assert capfd.readouterr().err == ""
+
+
 def test_a_nifti2_file_is_named_as_such(tmp_path):
     """SimpleITK does not read NIfTI-2: the file was called corrupt."""
     import nibabel as nib

@@ -162,6 +162,10 @@ def _gzip_reader() -> tuple[Any, tuple[type[Exception], ...]]:
     return (lambda path: igzip.open(path, "rb")), (isal_zlib.error,)
 
 
+_NIFTI_DATATYPES = frozenset({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024, 1280, 1536, 1792, 2048, 2304})
+"""The datatype codes NIfTI-1 defines (binary, integers, floats, complex, RGB, RGBA)."""
+
+
 def _nifti_raw_header(path: Path) -> tuple[int, np.ndarray, np.ndarray]:
     """(header size: 348 for NIfTI-1, 540 for NIfTI-2; pixdim[1:4] exactly as stored: nibabel and ITK silently
     replace 0 by 1; the numbers of the NIfTI-1 orientation in use: quaternion and offset where qform_code > 0,
@@ -178,6 +182,9 @@ def _nifti_raw_header(path: Path) -> tuple[int, np.ndarray, np.ndarray]:
     for order in "<>":
         size = int(np.frombuffer(header[:4], dtype=f"{order}i4")[0])
         if size == 348:
+            datatype = int(np.frombuffer(header[70:72], dtype=f"{order}i2")[0])
+            if datatype not in _NIFTI_DATATYPES:  # else ITK's NIfTI library prints its own error to stderr
+                raise InputError(f"{path}: unknown NIfTI datatype code {datatype} in the header (corrupt file?)")
             qform_code, sform_code = np.frombuffer(header[252:256], dtype=f"{order}i2")
             affine = np.concatenate([
                 np.frombuffer(header[256:280], dtype=f"{order}f4") if qform_code > 0 else [],
