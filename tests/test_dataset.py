@@ -163,3 +163,24 @@ def test_synth_then_prepare_counts_match_and_truncated_case_is_named(tmp_path):
     expected[bad_regime] -= 1
     assert counts == expected
     assert f"SKIPPED {bad[0].case}" in result.summary()
+
+
+def test_labels_that_no_image_uses_are_named(tmp_path, caplog):
+    """A label map whose image is missing had been dropped without a word; so had a labelsTr that is a file."""
+    from flareseg.io import find_training_cases
+
+    for i in range(2):
+        write_case(tmp_path, f"c{i}", *phantom_ct(seed=i))
+    (tmp_path / "imagesTr" / "c1_0000.nii.gz").rename(tmp_path / "c1_image.nii.gz")  # the image moved away
+    with caplog.at_level("WARNING", logger="flareseg.io.layout"):
+        cases = find_training_cases(tmp_path)
+    assert [(name, label is not None) for name, _, label in cases] == [("c0", True)]
+    assert "1 label map(s) without an image in imagesTr/ (expected imagesTr/<case>_0000.nii.gz) are not used: c1.nii.gz" in caplog.text
+    caplog.clear()
+    import shutil
+
+    shutil.rmtree(tmp_path / "labelsTr")
+    (tmp_path / "labelsTr").write_text("oops")
+    with caplog.at_level("WARNING", logger="flareseg.io.layout"):
+        find_training_cases(tmp_path)
+    assert "labelsTr: is a file, not a folder of label maps: every case is read as unlabelled" in caplog.text

@@ -80,12 +80,21 @@ def find_training_cases(data_dir: Path) -> list[tuple[str, Path, Path | None]]:
     if not folders:
         raise InputError(f"{data_dir}: not a FLARE-layout cohort (expected an imagesTr/ folder and/or unlabeled*/ folders)")
     labels_dir = data_dir / "labelsTr"
+    if labels_dir.exists() and not labels_dir.is_dir():
+        log.warning("%s: is a file, not a folder of label maps: every case is read as unlabelled", labels_dir)
     cases = []
     for folder in folders:
         for image in image_files(folder):
             name = case_name(image)
             label = labels_dir / label_file_name(name) if folder.name == "imagesTr" else None
             cases.append((name, image, label if label is not None and label.exists() else None))
+    if labels_dir.is_dir():  # a label whose image is missing or named otherwise would be dropped without a word
+        used = {label.name for _, _, label in cases if label is not None}
+        orphans = sorted(p.name for p in labels_dir.iterdir() if p.name.lower().endswith(LABEL_SUFFIX) and p.name not in used)
+        if orphans:
+            shown = ", ".join(orphans[:3]) + (f" and {len(orphans) - 3} more" if len(orphans) > 3 else "")
+            log.warning("%s: %d label map(s) without an image in imagesTr/ (expected imagesTr/<case>_0000.nii.gz) are not used: %s",
+                        labels_dir, len(orphans), shown)
     return cases
 
 
