@@ -116,6 +116,11 @@ RECIPES: dict[str, tuple[str, dict]] = {
     # with half of the rest inside the lesion-host organs
     "t3pos33": ("cpu-lesion", {"train.pos_fraction": 0.33}),
     "t3pos33hn": ("cpu-lesion", {"train.pos_fraction": 0.33, "train.hard_negative_fraction": 0.5}),
+    # nnU-Net's spatial augmentation (rotation up to 15 degrees about each axis, scaling 0.85-1.25) on 30% and
+    # 60% of the patches: 14 training cases seen 70 times each in 1,000 steps
+    "spatial30": ("cpu", {"train.augment.spatial_prob": 0.3}),
+    "spatial60": ("cpu", {"train.augment.spatial_prob": 0.6}),
+    "t3spatial30": ("cpu-lesion", {"train.augment.spatial_prob": 0.3}),
 }
 """name -> (preset, overrides). Add candidates here; keep the one chosen as a preset in flareseg.config."""
 

@@ -193,14 +193,15 @@ def _patch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"image": image, "label": label}
 
 
-OFF = AugmentConfig(flip_x_prob=0, flip_y_prob=0, smooth_prob=0, noise_prob=0, gamma_prob=0, shift_prob=0)
-PROBS = ("flip_x_prob", "flip_y_prob", "smooth_prob", "noise_prob", "gamma_prob", "shift_prob")
+OFF = AugmentConfig(flip_x_prob=0, flip_y_prob=0, smooth_prob=0, noise_prob=0, gamma_prob=0, shift_prob=0, spatial_prob=0)
+PROBS = ("flip_x_prob", "flip_y_prob", "smooth_prob", "noise_prob", "gamma_prob", "shift_prob", "spatial_prob")
 
 
 def test_paper_probabilities_are_the_defaults():
     cfg = AugmentConfig()
     assert (cfg.flip_x_prob, cfg.flip_y_prob, cfg.smooth_prob, cfg.noise_prob, cfg.gamma_prob, cfg.shift_prob) == (0.2, 0.2, 0.1, 0.2, 0.1, 0.1)
     assert cfg.smooth_sigma == (0.5, 1.15) and cfg.gamma_range == (0.5, 2.5) and cfg.shift_offset == 0.3
+    assert cfg.spatial_prob == 0  # not in the paper's table 3
 
 
 def test_all_probabilities_zero_leaves_the_patch_unchanged():
@@ -222,9 +223,34 @@ def test_each_probability_is_wired_to_its_transform(name):
         axis = 1 if name == "flip_x_prob" else 2  # channel-first: spatial axis 0 is dim 1
         torch.testing.assert_close(image, data["image"].flip(axis))
         assert torch.equal(label, data["label"].flip(axis))
+    elif name == "spatial_prob":
+        assert not torch.allclose(image, data["image"]) and not torch.equal(label, data["label"])
+        assert set(label.unique().tolist()) <= set(data["label"].unique().tolist())  # nearest: no new label values
     else:
         assert not torch.allclose(image, data["image"])
         assert torch.equal(label, data["label"])  # intensity transforms never touch the label
+
+
+def test_a_spatial_transform_of_no_rotation_and_unit_scale_is_the_identity():
+    data = _patch()
+    aug = build_augmentation(dataclasses.replace(OFF, spatial_prob=1.0, rotate_degrees=0.0, scale_range=(1.0, 1.0)))
+    out = aug({k: v.clone() for k, v in data.items()})
+    torch.testing.assert_close(torch.as_tensor(out["image"]).as_subclass(torch.Tensor), data["image"], atol=1e-5, rtol=0)
+    assert torch.equal(torch.as_tensor(out["label"]).as_subclass(torch.Tensor).to(torch.uint8), data["label"])
+
+
+def test_a_spatial_transform_keeps_image_and_label_together():
+    """A bright cube labelled 1 stays labelled where it lands after rotation and scaling."""
+    image = torch.zeros(1, 24, 24, 24)
+    image[:, 8:16, 8:16, 8:16] = 1.0
+    label = (image > 0.5).to(torch.uint8)
+    aug = build_augmentation(dataclasses.replace(OFF, spatial_prob=1.0, rotate_degrees=30.0, scale_range=(0.8, 1.2)))
+    aug.set_random_state(seed=3)
+    out = aug({"image": image, "label": label})
+    moved_image = torch.as_tensor(out["image"]).as_subclass(torch.Tensor)
+    moved_label = torch.as_tensor(out["label"]).as_subclass(torch.Tensor)
+    assert not torch.equal(moved_label.to(torch.uint8), label)
+    assert moved_image[moved_label > 0].mean() > 0.9 and moved_image[moved_label == 0].mean() < 0.1
 
 
 @pytest.mark.parametrize(
@@ -234,6 +260,10 @@ def test_each_probability_is_wired_to_its_transform(name):
         (lambda: dataclasses.replace(OFF, flip_x_prob=float("nan")), "augment.flip_x_prob"),
         (lambda: dataclasses.replace(OFF, gamma_range=(2.0, 1.0)), "augment.gamma_range"),
         (lambda: dataclasses.replace(OFF, smooth_sigma=(0.0, 1.0)), "augment.smooth_sigma"),
+        (lambda: dataclasses.replace(OFF, rotate_degrees=float("nan")), "augment.rotate_degrees"),
+        (lambda: dataclasses.replace(OFF, rotate_degrees=181.0), "augment.rotate_degrees"),
+        (lambda: dataclasses.replace(OFF, scale_range=(0.0, 1.2)), "augment.scale_range"),
+        (lambda: dataclasses.replace(OFF, spatial_prob=-0.5), "augment.spatial_prob"),
         (lambda: TrainConfig(learning_rate=float("nan")), "train.learning_rate"),
         (lambda: TrainConfig(learning_rate=-1e-3), "train.learning_rate"),
         (lambda: TrainConfig(max_minutes=float("inf")), "train.max_minutes"),

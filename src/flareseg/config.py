@@ -213,7 +213,7 @@ class Fingerprint:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """The paper's augmentations (table 3), each drawn per patch with its probability.
+    """The paper's augmentations (table 3), each drawn per patch with its probability, and one it lacks.
 
     Attributes:
         flip_x_prob, flip_y_prob: flips along axis 0 (I) and 1 (J) of the canonical LPS grid; a model
@@ -222,6 +222,9 @@ class AugmentConfig:
         noise_prob, noise_std: additive Gaussian noise (normalised intensity units).
         gamma_prob, gamma_range: gamma contrast.
         shift_prob, shift_offset: intensity shift by up to the offset (normalised units).
+        spatial_prob, rotate_degrees, scale_range: a random rotation about each axis by up to
+            `rotate_degrees` and a scaling of each axis by a factor drawn from `scale_range`, in one
+            resampling (nnU-Net's spatial augmentation; not in the paper's table 3, so off by default).
 
     Raises:
         ConfigError: a probability outside [0, 1], a NaN, an empty or non-positive range.
@@ -237,14 +240,19 @@ class AugmentConfig:
     gamma_range: tuple[float, float] = (0.5, 2.5)
     shift_prob: float = 0.1
     shift_offset: float = 0.3
+    spatial_prob: float = 0.0
+    rotate_degrees: float = 15.0
+    scale_range: tuple[float, float] = (0.85, 1.25)
 
     def __post_init__(self) -> None:
-        for name in ("flip_x_prob", "flip_y_prob", "smooth_prob", "noise_prob", "gamma_prob", "shift_prob"):
+        for name in ("flip_x_prob", "flip_y_prob", "smooth_prob", "noise_prob", "gamma_prob", "shift_prob", "spatial_prob"):
             _check_real(f"augment.{name}", getattr(self, name), low=0.0, high=1.0)
         _check_range("augment.smooth_sigma", self.smooth_sigma, low=0.0)
         _check_range("augment.gamma_range", self.gamma_range, low=0.0)
         _check_real("augment.noise_std", self.noise_std, low=0.0)
         _check_real("augment.shift_offset", self.shift_offset, low=0.0)
+        _check_real("augment.rotate_degrees", self.rotate_degrees, low=0.0, high=180.0)
+        _check_range("augment.scale_range", self.scale_range, low=0.0)
 
 
 def trained_mirror_axes(augment: AugmentConfig) -> tuple[int, ...]:

@@ -12,8 +12,9 @@ paper's list maps one to one onto MONAI transforms of the same name and values:
 | Gaussian noise, std 0.1 | ``RandGaussianNoised`` | ``noise_prob`` (0.2) |
 | gamma in (0.5, 2.5) | ``RandAdjustContrastd`` | ``gamma_prob`` (0.1) |
 | intensity shift by up to 0.3 | ``RandShiftIntensityd(offsets=0.3)`` | ``shift_prob`` (0.1) |
+| (not in the paper) rotation and scaling, nnU-Net's spatial augmentation | ``RandAffined`` (image linear, label nearest) | ``spatial_prob`` (0) |
 
-Each is drawn independently per patch. Axes are those of the canonical LPS grid of
+Each is drawn independently per patch; the spatial transform comes first, as in nnU-Net. Axes are those of the canonical LPS grid of
 :mod:`flareseg.transforms.preprocessing`: x runs right to left, y anterior to posterior. A flip along x mirrors
 the left and right organs without swapping their labels, exactly as the paper (and nnU-Net's
 mirroring) does; set ``flip_x_prob`` to 0 to keep laterality strictly anatomical. The flipped axes are
@@ -23,11 +24,13 @@ model folder's ``inference`` section).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 from monai.transforms import (
     Compose,
     RandAdjustContrastd,
+    RandAffined,
     RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
@@ -55,11 +58,19 @@ def build_augmentation(cfg: AugmentConfig) -> Compose:
 
     Returns:
         A MONAI ``Compose`` acting on ``{"image": (1, X, Y, Z), "label": (1, X, Y, Z)}``; the label
-        is only flipped, never changed in value.
+        is only moved (flips, nearest-neighbour resampling; background where the rotation reaches
+        outside the patch), never given a value it did not hold. Where the rotation reaches outside
+        the patch the image takes its nearest border voxel.
     """
     sigma = (float(cfg.smooth_sigma[0]), float(cfg.smooth_sigma[1]))
+    angle = math.radians(float(cfg.rotate_degrees))
+    scale = tuple((float(cfg.scale_range[0]) - 1.0, float(cfg.scale_range[1]) - 1.0) for _ in range(3))  # MONAI: factor 1 + s
     return Compose(
         [
+            RandAffined(
+                keys=KEYS, prob=cfg.spatial_prob, rotate_range=(angle, angle, angle), scale_range=scale,
+                mode=("bilinear", "nearest"), padding_mode=("border", "zeros"),
+            ),
             RandFlipd(keys=KEYS, prob=cfg.flip_x_prob, spatial_axis=0),
             RandFlipd(keys=KEYS, prob=cfg.flip_y_prob, spatial_axis=1),
             RandGaussianSmoothd(keys=IMAGE_KEY, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=cfg.smooth_prob),
