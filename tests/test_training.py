@@ -231,6 +231,14 @@ def test_each_probability_is_wired_to_its_transform(name):
         assert torch.equal(label, data["label"])  # intensity transforms never touch the label
 
 
+def test_the_spatial_transform_is_left_out_at_probability_zero():
+    """So the paper's transforms get the seeds they got before it existed (Compose seeds its members in order)."""
+    from monai.transforms import RandAffined
+
+    assert not any(isinstance(t, RandAffined) for t in build_augmentation(AugmentConfig()).transforms)
+    assert isinstance(build_augmentation(dataclasses.replace(OFF, spatial_prob=0.3)).transforms[0], RandAffined)
+
+
 def test_a_spatial_transform_of_no_rotation_and_unit_scale_is_the_identity():
     data = _patch()
     aug = build_augmentation(dataclasses.replace(OFF, spatial_prob=1.0, rotate_degrees=0.0, scale_range=(1.0, 1.0)))

@@ -65,12 +65,16 @@ def build_augmentation(cfg: AugmentConfig) -> Compose:
     sigma = (float(cfg.smooth_sigma[0]), float(cfg.smooth_sigma[1]))
     angle = math.radians(float(cfg.rotate_degrees))
     scale = tuple((float(cfg.scale_range[0]) - 1.0, float(cfg.scale_range[1]) - 1.0) for _ in range(3))  # MONAI: factor 1 + s
+    # Left out at probability 0, so that the paper's transforms draw the random streams they drew before it.
+    spatial = [] if cfg.spatial_prob == 0 else [
+        RandAffined(
+            keys=KEYS, prob=cfg.spatial_prob, rotate_range=(angle, angle, angle), scale_range=scale,
+            mode=("bilinear", "nearest"), padding_mode=("border", "zeros"),
+        )
+    ]
     return Compose(
         [
-            RandAffined(
-                keys=KEYS, prob=cfg.spatial_prob, rotate_range=(angle, angle, angle), scale_range=scale,
-                mode=("bilinear", "nearest"), padding_mode=("border", "zeros"),
-            ),
+            *spatial,
             RandFlipd(keys=KEYS, prob=cfg.flip_x_prob, spatial_axis=0),
             RandFlipd(keys=KEYS, prob=cfg.flip_y_prob, spatial_axis=1),
             RandGaussianSmoothd(keys=IMAGE_KEY, sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=cfg.smooth_prob),
