@@ -196,8 +196,12 @@ def _nifti_raw_header(path: Path) -> tuple[int, np.ndarray, np.ndarray]:
     raise InputError(f"{path}: not a NIfTI file (bad header size)")
 
 
-def dicom_series_files(folder: Path) -> list[str]:
-    """The files of the series :func:`read_image` reads from `folder` (the largest), in slice order."""
+def _series_files(folder: Path) -> dict[str, list[str]]:
+    """GDCM's scan of `folder`: each DICOM series' files in slice order, by Series Instance UID.
+
+    Raises:
+        InputError: the folder cannot be scanned, is empty, or holds no DICOM series.
+    """
     try:
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     except RuntimeError as exc:
@@ -206,7 +210,14 @@ def dicom_series_files(folder: Path) -> list[str]:
         if not any(folder.iterdir()):
             raise InputError(f"{folder}: the folder is empty")
         raise InputError(f"{folder}: no DICOM series found in the folder")
-    files = {s: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s) for s in series_ids}
+    return {s: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)) for s in series_ids}
+
+
+def dicom_series_files(folder: Path, files: dict[str, list[str]] | None = None) -> list[str]:
+    """The files of the series :func:`read_image` reads from `folder` (the largest), in slice order;
+    `files` is the folder's :func:`_series_files` where it is already scanned."""
+    files = _series_files(folder) if files is None else files
+    series_ids = list(files)
     if len(series_ids) > 1:
         # Take the series with the most slices, as a person would.
         series_ids = sorted(series_ids, key=lambda s: len(files[s]), reverse=True)
@@ -219,9 +230,10 @@ def dicom_series_files(folder: Path) -> list[str]:
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:
-    files = dicom_series_files(folder)
+    series = _series_files(folder)  # one GDCM scan of the folder serves both checks
+    files = dicom_series_files(folder, series)
     _check_dicom_slices(folder, files)
-    _check_no_unreadable_images(folder)
+    _check_no_unreadable_images(folder, series)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -234,13 +246,13 @@ _DICOM_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"
 """Pixel Data (7FE0,0010) as little-endian DICOM stores it."""
 
 
-def _check_no_unreadable_images(folder: Path) -> None:
+def _check_no_unreadable_images(folder: Path, series: dict[str, list[str]]) -> None:
     """Refuse a folder holding a DICOM image (preamble ``DICM``, a Pixel Data element) that GDCM placed in
     no series: a truncated or corrupt slice, left out of the volume silently where no gap betrays it (a
     first or last slice, or a series too short for the spacing check). DICOM files without pixel data
-    (a DICOMDIR, a dose report, a slice cut before its pixels) are ignored with a warning naming them."""
-    in_series = {Path(f).name for s in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-                 for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)}
+    (a DICOMDIR, a dose report, a slice cut before its pixels) are ignored with a warning naming them.
+    `series` is the folder's :func:`_series_files`."""
+    in_series = {Path(f).name for files in series.values() for f in files}
     images, others = [], []
     for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name not in in_series):
         try:
